@@ -64,6 +64,11 @@ pub struct RecordObject {
     pub iscrowd: i64,
     /// COCO `area`, copied from the annotation.
     pub area: f64,
+    /// `true` when the source wrote `area` as a JSON integer (COCO crowd annotations do):
+    /// Python's `json.dumps` then prints `678`, not `678.0`. Only the PaDT JSONL layout
+    /// (`pyjson`) looks at it.
+    #[serde(default)]
+    pub area_is_int: bool,
     /// The mask at original resolution; `None` when the annotation had no segmentation.
     pub rle: Option<RleJson>,
     /// Category name (OVD), the referring sentence (REC), or `""` (RIC).
