@@ -2,11 +2,8 @@
 //! (`frPyObjects(segm, h, w)` then `merge` for polygon lists).
 //!
 //! Accepted JSON shapes (pycocotools `frPyObjects` dispatch):
-//! - `[[x0, y0, x1, y1, ...], ...]`: polygons, rasterised with `rleFrPoly` and united.
-//!   Quirk kept from pycocotools: when the FIRST entry has exactly 4 numbers, every entry is
-//!   read as a box `[x, y, w, h]` (`frBbox`). Errors (pycocotools raises or reads garbage):
-//!   an empty list, a first entry with fewer than 4 numbers, an entry of odd length,
-//!   a later entry with fewer than 2 numbers... see `docs/masks.md`.
+//! - `[[x0, y0, x1, y1, ...], ...]`: polygons, rasterised with `rleFrPoly` and united
+//!   (see [`polygons_to_rle`] for degenerate polygons and `docs/masks.md`).
 //! - `{"counts": [c0, c1, ...], "size": [h, w]}`: uncompressed RLE (crowd), counts verbatim.
 //! - `{"counts": "<compressed>", "size": [h, w]}`: compressed RLE, used as is.
 //!
@@ -123,13 +120,19 @@ fn check_size(size: [u32; 2], height: u32, width: u32) -> Result<(), MaskError> 
     Ok(())
 }
 
-/// `merge(frPyObjects(polys, h, w))`, including pycocotools' "first entry of 4 numbers = boxes" rule.
+/// `merge(frPyObjects(polys, h, w))` for a polygon list.
+///
+/// pycocotools 2.0.x raises when the first entry has 4 or fewer numbers (4 numbers are routed
+/// to `frBbox`, which rejects a list); that is [`MaskError::DegeneratePolygon`] here. Later
+/// entries with 2 or 4 numbers are rasterised like pycocotools does (a point draws nothing,
+/// 2 points draw a thin line). Errors instead of pycocotools' silent behaviour: an entry of
+/// odd length ([`MaskError::OddPolygon`]; pycocotools drops the last number), an empty later
+/// entry (pycocotools reads uninitialised memory), a NaN / infinite coordinate.
 pub fn polygons_to_rle(polys: &[Vec<f64>], height: u32, width: u32) -> Result<Rle, MaskError> {
     let first = polys
         .first()
         .ok_or(MaskError::Empty("empty polygon list"))?;
-    let as_boxes = first.len() == 4;
-    if first.len() < 4 {
+    if first.len() <= 4 {
         return Err(MaskError::DegeneratePolygon {
             index: 0,
             len: first.len(),
@@ -140,30 +143,84 @@ pub fn polygons_to_rle(polys: &[Vec<f64>], height: u32, width: u32) -> Result<Rl
         if p.iter().any(|v| !v.is_finite()) {
             return Err(MaskError::NonFiniteCoordinate { index: i });
         }
-        let part = if as_boxes {
-            if p.len() != 4 {
-                return Err(MaskError::Unsupported(format!(
-                    "segmentation read as boxes (first entry has 4 numbers) but entry #{i} has {}",
-                    p.len()
-                )));
-            }
-            Rle::from_bbox([p[0], p[1], p[2], p[3]], height, width)
-        } else {
-            if p.len() % 2 != 0 {
-                return Err(MaskError::OddPolygon {
-                    index: i,
-                    len: p.len(),
-                });
-            }
-            if p.len() < 2 {
-                return Err(MaskError::DegeneratePolygon {
-                    index: i,
-                    len: p.len(),
-                });
-            }
-            Rle::from_polygon(p, height, width)
-        };
-        parts.push(part?);
+        if p.len() % 2 != 0 {
+            return Err(MaskError::OddPolygon {
+                index: i,
+                len: p.len(),
+            });
+        }
+        if p.is_empty() {
+            return Err(MaskError::DegeneratePolygon { index: i, len: 0 });
+        }
+        parts.push(Rle::from_polygon(p, height, width)?);
     }
     Rle::merge(&parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dispatch_and_errors() {
+        let poly = json!([[1.0, 1.0, 4.0, 1.0, 4.0, 4.0, 1.0, 4.0]]);
+        let r = Segmentation::from_json(&poly)
+            .unwrap()
+            .to_rle(6, 6)
+            .unwrap();
+        assert_eq!(r.area(), 9);
+        let unc = json!({"counts": [3, 2, 31], "size": [6, 6]});
+        let ru = Segmentation::from_json(&unc).unwrap().to_rle(6, 6).unwrap();
+        assert_eq!(ru.counts, vec![3, 2, 31]);
+        let comp = json!({"counts": ru.to_string(), "size": [6, 6]});
+        assert_eq!(
+            Segmentation::from_json(&comp)
+                .unwrap()
+                .to_rle(6, 6)
+                .unwrap(),
+            ru
+        );
+        // errors, never panics
+        let seg = |v: serde_json::Value| Segmentation::from_json(&v).and_then(|s| s.to_rle(6, 6));
+        assert_eq!(seg(json!([])), Err(MaskError::Empty("empty polygon list")));
+        assert!(matches!(
+            seg(json!([[1, 1, 2, 2]])),
+            Err(MaskError::DegeneratePolygon { .. })
+        ));
+        assert!(matches!(
+            seg(json!([[1, 1]])),
+            Err(MaskError::DegeneratePolygon { .. })
+        ));
+        assert!(matches!(
+            seg(json!([[1, 1, 2, 2, 3]])),
+            Err(MaskError::OddPolygon { .. })
+        ));
+        assert!(matches!(
+            seg(json!([[1, 1, 2, 2, 3, 1], []])),
+            Err(MaskError::DegeneratePolygon { index: 1, .. })
+        ));
+        assert!(seg(json!([[1, 1, 2, 2, 3, 1], [0, 0]])).is_ok());
+        assert!(matches!(
+            seg(json!({"counts": [3, 2], "size": [6, 6]})),
+            Err(MaskError::RleSumMismatch { .. })
+        ));
+        assert!(matches!(
+            seg(json!({"counts": [36], "size": [6, 5]})),
+            Err(MaskError::Unsupported(_))
+        ));
+        assert!(matches!(
+            seg(json!({"counts": "0", "size": [6]})),
+            Err(MaskError::Unsupported(_))
+        ));
+        assert!(matches!(
+            seg(json!({"size": [6, 6]})),
+            Err(MaskError::Unsupported(_))
+        ));
+        assert!(matches!(seg(json!("x")), Err(MaskError::Unsupported(_))));
+        assert!(matches!(
+            seg(json!([["a"]])),
+            Err(MaskError::Unsupported(_))
+        ));
+    }
 }
