@@ -422,7 +422,7 @@ pub fn cider_d(pairs: &[CaptionPair]) -> Result<f64, CaptionMetricError> {
             let reference = tfidf(r, &document_frequency, log_num_docs);
             let delta = hyp.length - reference.length;
             let penalty = (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
-            for n in 0..4 {
+            for (n, order_total) in per_order.iter_mut().enumerate() {
                 let mut value = 0.0;
                 for (gram, &w) in &hyp.vectors[n] {
                     let wr = reference.vectors[n].get(gram).copied().unwrap_or(0.0);
@@ -431,7 +431,7 @@ pub fn cider_d(pairs: &[CaptionPair]) -> Result<f64, CaptionMetricError> {
                 if hyp.norms[n] != 0.0 && reference.norms[n] != 0.0 {
                     value /= hyp.norms[n] * reference.norms[n];
                 }
-                per_order[n] += value * penalty;
+                *order_total += value * penalty;
             }
         }
         let mean_over_orders = per_order.iter().sum::<f64>() / 4.0;
