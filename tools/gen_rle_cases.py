@@ -14,6 +14,7 @@ rle_cases.json: {"cases": [{"name", "h", "w", "kind": "polygons"|"boxes", "parts
 patch_cases.json: {"cases": [{"name", "h", "w", "counts", "u8": [...], "f32": [...]}]}
   u8  = PaDT COCO/RIC rule: cv2.resize(mask*255 as uint8) INTER_LINEAR, mean of row means >= 255/28
   f32 = PaDT RefCOCO rule: same on float32, > 255/28
+  u8_means / f32_means_no_ipp = [[block, mean], ...] near 255/28 and a sample of other blocks
 """
 import json
 import os
@@ -128,17 +129,32 @@ def rle_cases():
     return out
 
 
-def padt_patches(mask, h, w, rule):
+def block_means(mask, h, w, rule):
     gh, gw = round(h / 28), round(w / 28)
-    if rule == "u8":
-        r = cv2.resize(mask * 255, (gw * 28, gh * 28))
-        means = r.reshape(gh, 28, gw, 28).transpose(0, 2, 1, 3).mean(-1).mean(-1)
-        keep = means.flatten() >= 255 / 28
-    else:
-        r = cv2.resize(mask.astype(np.float32) * 255, (gw * 28, gh * 28))
-        means = r.reshape(gh, 28, gw, 28).transpose(0, 2, 1, 3).mean(-1).mean(-1)
-        keep = means.flatten() > 255 / 28
+    src = mask * 255 if rule == "u8" else mask.astype(np.float32) * 255
+    r = cv2.resize(src, (gw * 28, gh * 28))
+    return r.reshape(gh, 28, gw, 28).transpose(0, 2, 1, 3).mean(-1).mean(-1).flatten()
+
+
+def padt_patches(mask, h, w, rule):
+    means = block_means(mask, h, w, rule)
+    keep = means >= 255 / 28 if rule == "u8" else means > 255 / 28
     return [int(i) for i in np.nonzero(keep)[0]]
+
+
+def checked_means(mask, h, w, rule):
+    """[block, mean] of every block within 1.0 of 255/28 plus up to 8 other non-zero blocks.
+    The f32 means are computed with IPP off: OpenCV's own float path, which we emulate exactly
+    (IPP's float resize differs in the last bits)."""
+    if rule == "f32":
+        cv2.ipp.setUseIPP(False)
+    means = block_means(mask, h, w, rule)
+    cv2.ipp.setUseIPP(True)
+    near = [i for i in range(len(means)) if abs(float(means[i]) - 255 / 28) < 1.0]
+    other = [i for i in np.nonzero(means)[0].tolist() if i not in near]
+    if len(other) > 8:
+        other = sorted(rng.choice(other, 8, replace=False).tolist())
+    return [[int(i), float(means[i])] for i in sorted(near + other)]
 
 
 PATCH_SIZES = [(480, 640), (427, 640), (640, 480), (333, 500), (375, 500), (168, 252), (300, 29), (45, 20),
@@ -166,6 +182,8 @@ def patch_cases():
             "counts": r["counts"].decode("ascii"),
             "u8": padt_patches(mask, h, w, "u8"),
             "f32": padt_patches(mask, h, w, "f32"),
+            "u8_means": checked_means(mask, h, w, "u8"),
+            "f32_means_no_ipp": checked_means(mask, h, w, "f32"),
         })
     return out
 
