@@ -1,1 +1,1075 @@
-//! (in progress)
+//! The Qwen2.5-VL image pipeline exactly as PaDT feeds its model: decode, PaDT's upscale of tiny
+//! images, `smart_resize`, Pillow ≤ 12 fixed-point BICUBIC resize, rescale, normalise, temporal
+//! duplication and patchify to `pixel_values [N, 1176]` + `image_grid_thw`.
+//!
+//! Reference: transformers 4.50 slow `Qwen2VLImageProcessor` on a PIL image (what PaDT runs),
+//! Pillow 12.3. See `docs/pipeline.md` and `shared/spec/data-formats.md` §4.
+//!
+//! Parity: PNG inputs and every stage after decoding are bit-exact. JPEG decoding uses the pure-Rust
+//! `jpeg-decoder` crate (closest to Pillow's libjpeg-turbo: at most 3 levels apart, measured in
+//! `tests/fixtures/data/preprocess/jpeg_decoder_comparison.json`); zune-jpeg (through `image`) is
+//! available as a faster, less exact option.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Pillow's `Image.MAX_IMAGE_PIXELS`; Pillow raises `DecompressionBombError` above twice this.
+pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// PaDT's trainer upscales images with a side shorter than this (LANCZOS) before the processor.
+pub const PADT_MIN_SIDE: usize = 28;
+
+/// Largest allowed `max(h, w) / min(h, w)` (the processor's `smart_resize` raises above it).
+pub const MAX_ASPECT_RATIO: f64 = 200.0;
+
+/// Errors of the image pipeline. `name` is whatever identifies the image to the user (a path, a
+/// record id); it is part of every message.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{name}: not a JPEG or PNG image (first bytes {magic})")]
+    UnsupportedFormat { name: String, magic: String },
+    #[error("{name}: cannot decode {format} image: {reason}")]
+    Decode {
+        name: String,
+        format: &'static str,
+        reason: String,
+    },
+    #[error("{name}: image has zero size ({width}x{height}, WxH)")]
+    ZeroSize {
+        name: String,
+        width: usize,
+        height: usize,
+    },
+    #[error(
+        "{name}: image is {width}x{height} (WxH) = {pixels} pixels, above the decode limit of \
+         {limit} pixels (Pillow refuses such images as decompression bombs)"
+    )]
+    TooLarge {
+        name: String,
+        width: usize,
+        height: usize,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error(
+        "image of {width}x{height} (WxH) has aspect ratio {ratio:.1}, the processor accepts at most {max}"
+    )]
+    AspectRatio {
+        width: usize,
+        height: usize,
+        ratio: f64,
+        max: f64,
+    },
+    #[error("image processor config {origin}: {reason}")]
+    Config { origin: String, reason: String },
+}
+
+/// A decoded 8-bit RGB image, row-major `[height, width, 3]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Wraps `[height, width, 3]` bytes; `None` when the length does not match.
+    pub fn from_raw(width: usize, height: usize, data: Vec<u8>) -> Option<Self> {
+        (data.len() == width * height * 3).then_some(Self {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+/// The pixel layout of the file before `convert("RGB")` (Pillow's "mode"); it decides how PaDT's
+/// upscale of tiny images resamples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    Rgb,
+    /// Grayscale (`L`); RGB replicates the channel.
+    Gray,
+    /// Grayscale with alpha (`LA`).
+    GrayAlpha,
+    /// `RGBA`; RGB drops alpha without compositing (transformers 4.50 `convert("RGB")`).
+    Rgba,
+    /// Palette PNG (`P`); RGB is the palette lookup.
+    Palette,
+    /// CMYK / YCCK JPEG; RGB uses Pillow's `cmyk2rgb`.
+    Cmyk,
+}
+
+/// A decoded image: its RGB pixels plus what PaDT's tiny-image upscale needs of the source mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedImage {
+    pub rgb: RgbImage,
+    /// `[height, width]` alpha for `Rgba` / `GrayAlpha` sources.
+    pub alpha: Option<Vec<u8>>,
+    pub mode: SourceMode,
+}
+
+/// Which pure-Rust JPEG decoder to use (none is bit-exact with libjpeg-turbo).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JpegDecoderKind {
+    /// `jpeg-decoder` 0.3.2: max 3 levels from libjpeg-turbo on the fixtures.
+    #[default]
+    JpegDecoder,
+    /// zune-jpeg 0.5 through `image`: faster, max 8 levels from libjpeg-turbo.
+    ZuneJpeg,
+}
+
+/// Decoding options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecodeOptions {
+    pub jpeg_decoder: JpegDecoderKind,
+    /// Refuse images with more pixels than this, before decoding them (default: Pillow's
+    /// decompression-bomb error threshold, `2 * MAX_IMAGE_PIXELS`).
+    pub max_decoded_pixels: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            jpeg_decoder: JpegDecoderKind::default(),
+            max_decoded_pixels: 2 * PIL_MAX_IMAGE_PIXELS,
+        }
+    }
+}
+
+const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+
+fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.len() >= 3 && bytes[..3] == [0xff, 0xd8, 0xff]
+}
+
+fn is_png(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..8] == PNG_MAGIC
+}
+
+fn check_dimensions(
+    name: &str,
+    width: usize,
+    height: usize,
+    options: &DecodeOptions,
+) -> Result<(), ImageError> {
+    if width == 0 || height == 0 {
+        return Err(ImageError::ZeroSize {
+            name: name.to_string(),
+            width,
+            height,
+        });
+    }
+    let pixels = width as u64 * height as u64;
+    if pixels > options.max_decoded_pixels {
+        return Err(ImageError::TooLarge {
+            name: name.to_string(),
+            width,
+            height,
+            pixels,
+            limit: options.max_decoded_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a JPEG or PNG file as `Image.open(f).convert("RGB")` would (EXIF orientation is not
+/// applied, alpha is dropped without compositing, grayscale and palettes are expanded).
+pub fn decode_image(
+    bytes: &[u8],
+    name: &str,
+    options: &DecodeOptions,
+) -> Result<DecodedImage, ImageError> {
+    if is_jpeg(bytes) {
+        match options.jpeg_decoder {
+            JpegDecoderKind::JpegDecoder => decode_jpeg_jpeg_decoder(bytes, name, options),
+            JpegDecoderKind::ZuneJpeg => decode_with_image_crate(
+                bytes,
+                name,
+                image::ImageFormat::Jpeg,
+                "JPEG",
+                false,
+                options,
+            ),
+        }
+    } else if is_png(bytes) {
+        let palette = png_color_type(bytes) == Some(3);
+        decode_with_image_crate(
+            bytes,
+            name,
+            image::ImageFormat::Png,
+            "PNG",
+            palette,
+            options,
+        )
+    } else {
+        let magic = bytes
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Err(ImageError::UnsupportedFormat {
+            name: name.to_string(),
+            magic: if magic.is_empty() {
+                "none: empty file".to_string()
+            } else {
+                magic
+            },
+        })
+    }
+}
+
+/// Reads and decodes an image file.
+pub fn decode_image_file(path: &Path, options: &DecodeOptions) -> Result<DecodedImage, ImageError> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| ImageError::Decode {
+        name: name.clone(),
+        format: "image",
+        reason: format!("cannot read file: {e}"),
+    })?;
+    decode_image(&bytes, &name, options)
+}
+
+/// PNG colour type from the IHDR chunk (3 = palette).
+fn png_color_type(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() > 25 && &bytes[12..16] == b"IHDR").then(|| bytes[25])
+}
+
+fn png_dimensions(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.len() < 24 || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let w = u32::from_be_bytes(bytes[16..20].try_into().ok()?) as usize;
+    let h = u32::from_be_bytes(bytes[20..24].try_into().ok()?) as usize;
+    Some((w, h))
+}
+
+fn decode_jpeg_jpeg_decoder(
+    bytes: &[u8],
+    name: &str,
+    options: &DecodeOptions,
+) -> Result<DecodedImage, ImageError> {
+    let decode_err = |reason: String| ImageError::Decode {
+        name: name.to_string(),
+        format: "JPEG",
+        reason,
+    };
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().map_err(|e| decode_err(e.to_string()))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| decode_err("no frame header".to_string()))?;
+    let (width, height) = (info.width as usize, info.height as usize);
+    check_dimensions(name, width, height, options)?;
+    let raw = decoder.decode().map_err(|e| decode_err(e.to_string()))?;
+    let pixels = width * height;
+    let expected = pixels * info.pixel_format.pixel_bytes();
+    if raw.len() < expected {
+        return Err(decode_err(format!(
+            "decoder returned {} bytes, expected {expected}",
+            raw.len()
+        )));
+    }
+    let (data, mode) = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => (raw, SourceMode::Rgb),
+        jpeg_decoder::PixelFormat::L8 => (gray_to_rgb(&raw[..pixels]), SourceMode::Gray),
+        // jpeg-decoder already undoes the Adobe inversion, so this is plain CMYK (0 = no ink).
+        jpeg_decoder::PixelFormat::CMYK32 => (cmyk_to_rgb(&raw[..expected]), SourceMode::Cmyk),
+        jpeg_decoder::PixelFormat::L16 => {
+            return Err(decode_err(
+                "16-bit (lossless) JPEG is not supported (Pillow cannot open it either)".into(),
+            ))
+        }
+    };
+    Ok(DecodedImage {
+        rgb: RgbImage {
+            width,
+            height,
+            data,
+        },
+        alpha: None,
+        mode,
+    })
+}
+
+fn decode_with_image_crate(
+    bytes: &[u8],
+    name: &str,
+    format: image::ImageFormat,
+    format_name: &'static str,
+    palette: bool,
+    options: &DecodeOptions,
+) -> Result<DecodedImage, ImageError> {
+    let decode_err = |reason: String| ImageError::Decode {
+        name: name.to_string(),
+        format: format_name,
+        reason,
+    };
+    // Refuse oversized images before spending memory on them.
+    let (w, h) = if format == image::ImageFormat::Png {
+        png_dimensions(bytes).ok_or_else(|| decode_err("missing IHDR chunk".to_string()))?
+    } else {
+        let mut header = jpeg_decoder::Decoder::new(bytes);
+        header.read_info().map_err(|e| decode_err(e.to_string()))?;
+        let info = header
+            .info()
+            .ok_or_else(|| decode_err("no frame header".to_string()))?;
+        (info.width as usize, info.height as usize)
+    };
+    check_dimensions(name, w, h, options)?;
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    // Our own pixel limit is checked above (PNG) or right below (JPEG).
+    reader.no_limits();
+    let dynamic = reader.decode().map_err(|e| decode_err(e.to_string()))?;
+    let (width, height) = (dynamic.width() as usize, dynamic.height() as usize);
+    check_dimensions(name, width, height, options)?;
+    use image::DynamicImage as D;
+    let (data, alpha, mode) = match dynamic {
+        D::ImageRgb8(img) => (img.into_raw(), None, SourceMode::Rgb),
+        D::ImageLuma8(img) => (gray_to_rgb(img.as_raw()), None, SourceMode::Gray),
+        D::ImageRgba8(img) => {
+            let (rgb, alpha) = split_alpha::<4>(img.as_raw());
+            (rgb, Some(alpha), SourceMode::Rgba)
+        }
+        D::ImageLumaA8(img) => {
+            let (gray, alpha) = split_alpha::<2>(img.as_raw());
+            (gray, Some(alpha), SourceMode::GrayAlpha)
+        }
+        // 16-bit PNGs: Pillow unpacks RGB(A) 16-bit with the high byte ("RGB;16B") and clips
+        // 16-bit grayscale ("I;16") to 255 on conversion to RGB.
+        D::ImageRgb16(img) => (
+            img.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
+            None,
+            SourceMode::Rgb,
+        ),
+        D::ImageRgba16(img) => {
+            let high: Vec<u8> = img.as_raw().iter().map(|&v| (v >> 8) as u8).collect();
+            let (rgb, alpha) = split_alpha::<4>(&high);
+            (rgb, Some(alpha), SourceMode::Rgba)
+        }
+        D::ImageLuma16(img) => {
+            let clipped: Vec<u8> = img.as_raw().iter().map(|&v| v.min(255) as u8).collect();
+            (gray_to_rgb(&clipped), None, SourceMode::Gray)
+        }
+        D::ImageLumaA16(img) => {
+            let high: Vec<u8> = img.as_raw().iter().map(|&v| (v >> 8) as u8).collect();
+            let (gray, alpha) = split_alpha::<2>(&high);
+            (gray, Some(alpha), SourceMode::GrayAlpha)
+        }
+        other => (other.to_rgb8().into_raw(), None, SourceMode::Rgb),
+    };
+    // A palette PNG comes back expanded (RGB, or RGBA with tRNS); remember it was a palette.
+    let (alpha, mode) = if palette {
+        (None, SourceMode::Palette)
+    } else {
+        (alpha, mode)
+    };
+    Ok(DecodedImage {
+        rgb: RgbImage {
+            width,
+            height,
+            data,
+        },
+        alpha,
+        mode,
+    })
+}
+
+fn gray_to_rgb(gray: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(gray.len() * 3);
+    for &v in gray {
+        out.extend_from_slice(&[v, v, v]);
+    }
+    out
+}
+
+/// Splits interleaved `[.., alpha]` pixels of `N` channels into RGB (gray replicated) and alpha.
+fn split_alpha<const N: usize>(pixels: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let count = pixels.len() / N;
+    let mut rgb = Vec::with_capacity(count * 3);
+    let mut alpha = Vec::with_capacity(count);
+    for px in pixels.chunks_exact(N) {
+        if N == 4 {
+            rgb.extend_from_slice(&px[..3]);
+        } else {
+            rgb.extend_from_slice(&[px[0], px[0], px[0]]);
+        }
+        alpha.push(px[N - 1]);
+    }
+    (rgb, alpha)
+}
+
+/// Pillow's `MULDIV255`: `a * b / 255` rounded, in integers.
+fn muldiv255(a: u32, b: u32) -> u32 {
+    let tmp = a * b + 128;
+    ((tmp >> 8) + tmp) >> 8
+}
+
+/// Pillow's `cmyk2rgb`.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for px in cmyk.chunks_exact(4) {
+        let nk = 255 - px[3] as i32;
+        for &c in &px[..3] {
+            let v = nk - muldiv255(c as u32, nk as u32) as i32;
+            out.push(v.clamp(0, 255) as u8);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pillow's resampler (Resample.c of Pillow <= 12), 8-bit path.
+// ---------------------------------------------------------------------------------------------
+
+/// Pillow `PRECISION_BITS` for 8-bit images.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Resampling filters of Pillow's convolution resampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResampleFilter {
+    /// `Image.BICUBIC`, a = -0.5, support 2.
+    Bicubic,
+    /// `Image.LANCZOS`, support 3.
+    Lanczos,
+}
+
+impl ResampleFilter {
+    fn support(self) -> f64 {
+        match self {
+            ResampleFilter::Bicubic => 2.0,
+            ResampleFilter::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            ResampleFilter::Bicubic => {
+                const A: f64 = -0.5;
+                let x = x.abs();
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            ResampleFilter::Lanczos => {
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
+}
+
+/// Fixed-point weights of one pass: for output pixel `i`, input pixels
+/// `first[i] .. first[i] + count[i]` weighted by `weights[i * ksize ..][.. count[i]]`.
+struct Coefficients {
+    ksize: usize,
+    first: Vec<usize>,
+    count: Vec<usize>,
+    weights: Vec<i32>,
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`, same operation order.
+fn precompute_coefficients(
+    in_size: usize,
+    out_size: usize,
+    filter: ResampleFilter,
+) -> Coefficients {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut first = Vec::with_capacity(out_size);
+    let mut count = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut w = vec![0f64; ksize];
+    let ss = 1.0 / filterscale;
+    for i in 0..out_size {
+        let center = (i as f64 + 0.5) * scale;
+        // C casts truncate toward zero.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let n = xmax.saturating_sub(xmin);
+        let mut total = 0.0f64;
+        for (x, wx) in w.iter_mut().enumerate().take(n) {
+            *wx = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
+            total += *wx;
+        }
+        for (x, wx) in w.iter().enumerate().take(n) {
+            let v = if total != 0.0 { wx / total } else { *wx };
+            let scaled = v * (1u32 << PRECISION_BITS) as f64;
+            weights[i * ksize + x] = if v < 0.0 {
+                (-0.5 + scaled) as i32
+            } else {
+                (0.5 + scaled) as i32
+            };
+        }
+        first.push(xmin);
+        count.push(n);
+    }
+    Coefficients {
+        ksize,
+        first,
+        count,
+        weights,
+    }
+}
+
+#[inline(always)]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Horizontal pass over source rows `rows`, `C` interleaved channels.
+fn resample_horizontal<const C: usize>(
+    src: &[u8],
+    src_width: usize,
+    rows: std::ops::Range<usize>,
+    coeffs: &Coefficients,
+) -> Vec<u8> {
+    let out_width = coeffs.first.len();
+    let mut out = vec![0u8; rows.len() * out_width * C];
+    let half = 1i32 << (PRECISION_BITS - 1);
+    for (out_row, y) in out.chunks_exact_mut(out_width * C).zip(rows) {
+        let row = &src[y * src_width * C..(y + 1) * src_width * C];
+        for (x, out_px) in out_row.chunks_exact_mut(C).enumerate() {
+            let start = coeffs.first[x];
+            let n = coeffs.count[x];
+            let k = &coeffs.weights[x * coeffs.ksize..x * coeffs.ksize + n];
+            let input = &row[start * C..(start + n) * C];
+            let mut acc = [half; C];
+            for (px, &kx) in input.chunks_exact(C).zip(k) {
+                for c in 0..C {
+                    acc[c] += px[c] as i32 * kx;
+                }
+            }
+            for c in 0..C {
+                out_px[c] = clip8(acc[c]);
+            }
+        }
+    }
+    out
+}
+
+/// Vertical pass; `row_offset` is the first source row held in `src`.
+fn resample_vertical(
+    src: &[u8],
+    row_len: usize,
+    row_offset: usize,
+    coeffs: &Coefficients,
+) -> Vec<u8> {
+    let out_height = coeffs.first.len();
+    let mut out = vec![0u8; out_height * row_len];
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut acc = vec![0i32; row_len];
+    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+        let start = coeffs.first[y] - row_offset;
+        let n = coeffs.count[y];
+        let k = &coeffs.weights[y * coeffs.ksize..y * coeffs.ksize + n];
+        acc.fill(half);
+        for (t, &ky) in k.iter().enumerate() {
+            let row = &src[(start + t) * row_len..(start + t + 1) * row_len];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * ky;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    out
+}
+
+/// `Image.resize((out_width, out_height), filter)` of Pillow <= 12 on an 8-bit image with
+/// `C` interleaved channels: horizontal pass first (over the source rows the vertical pass
+/// needs), then vertical; a pass is skipped when its dimension is unchanged.
+pub fn pillow_resize<const C: usize>(
+    src: &[u8],
+    width: usize,
+    height: usize,
+    out_width: usize,
+    out_height: usize,
+    filter: ResampleFilter,
+) -> Vec<u8> {
+    assert_eq!(src.len(), width * height * C, "pillow_resize: buffer size");
+    if (out_width, out_height) == (width, height) {
+        return src.to_vec();
+    }
+    let vertical = precompute_coefficients(height, out_height, filter);
+    let first_row = vertical.first[0];
+    let last = out_height - 1;
+    let end_row = vertical.first[last] + vertical.count[last];
+    let (data, row_offset) = if out_width != width {
+        let horizontal = precompute_coefficients(width, out_width, filter);
+        (
+            resample_horizontal::<C>(src, width, first_row..end_row, &horizontal),
+            first_row,
+        )
+    } else {
+        (src.to_vec(), 0)
+    };
+    if out_height != height {
+        resample_vertical(&data, out_width * C, row_offset, &vertical)
+    } else {
+        data
+    }
+}
+
+/// Pillow's NEAREST resize (used for palette images whatever filter is asked).
+fn nearest_resize(rgb: &RgbImage, out_width: usize, out_height: usize) -> RgbImage {
+    let sx = rgb.width as f64 / out_width as f64;
+    let sy = rgb.height as f64 / out_height as f64;
+    let mut data = Vec::with_capacity(out_width * out_height * 3);
+    for y in 0..out_height {
+        let yi = (((y as f64 + 0.5) * sy) as usize).min(rgb.height - 1);
+        for x in 0..out_width {
+            let xi = (((x as f64 + 0.5) * sx) as usize).min(rgb.width - 1);
+            let p = (yi * rgb.width + xi) * 3;
+            data.extend_from_slice(&rgb.data[p..p + 3]);
+        }
+    }
+    RgbImage {
+        width: out_width,
+        height: out_height,
+        data,
+    }
+}
+
+/// The size PaDT's trainer upscales an image to when a side is below 28 px, as `(w, h)`:
+/// the short side becomes 28 and the other `int(other * (28 / short))` (Python float, truncated:
+/// `45 * (28 / 20)` = 62.99999999999999 → 62). `None` when no side is below 28.
+pub fn padt_upscale_size(width: usize, height: usize) -> Option<(usize, usize)> {
+    if width >= PADT_MIN_SIDE && height >= PADT_MIN_SIDE {
+        return None;
+    }
+    let side = PADT_MIN_SIDE as f64;
+    Some(if width < height {
+        (
+            PADT_MIN_SIDE,
+            (height as f64 * (side / width as f64)) as usize,
+        )
+    } else {
+        (
+            (width as f64 * (side / height as f64)) as usize,
+            PADT_MIN_SIDE,
+        )
+    })
+}
+
+/// PaDT's trainer upscale (`image.resize(new, LANCZOS)` on the image in its file mode, before the
+/// processor converts it to RGB). Images with both sides ≥ 28 are returned unchanged.
+///
+/// Per source mode, as Pillow does it: RGB / gray resample each channel; RGBA and gray+alpha are
+/// resampled premultiplied (Pillow's `RGBa`) and un-premultiplied; palette images use NEAREST.
+/// Only the RGB path is covered by a golden; CMYK is resampled after conversion to RGB (Pillow
+/// resamples CMYK, then converts: may differ by a level).
+pub fn padt_upscale(image: DecodedImage) -> DecodedImage {
+    let (w, h) = (image.rgb.width, image.rgb.height);
+    let Some((nw, nh)) = padt_upscale_size(w, h) else {
+        return image;
+    };
+    let rgb = match (image.mode, &image.alpha) {
+        (SourceMode::Palette, _) => nearest_resize(&image.rgb, nw, nh),
+        (SourceMode::Rgba | SourceMode::GrayAlpha, Some(alpha)) => {
+            let mut rgba = Vec::with_capacity(w * h * 4);
+            for (px, &a) in image.rgb.data.chunks_exact(3).zip(alpha) {
+                for &c in px {
+                    rgba.push(muldiv255(c as u32, a as u32) as u8);
+                }
+                rgba.push(a);
+            }
+            let resized = pillow_resize::<4>(&rgba, w, h, nw, nh, ResampleFilter::Lanczos);
+            let mut data = Vec::with_capacity(nw * nh * 3);
+            for px in resized.chunks_exact(4) {
+                let a = px[3] as u32;
+                for &c in &px[..3] {
+                    data.push(if a == 0 || a == 255 {
+                        c
+                    } else {
+                        (255 * c as u32 / a).min(255) as u8
+                    });
+                }
+            }
+            RgbImage {
+                width: nw,
+                height: nh,
+                data,
+            }
+        }
+        _ => RgbImage {
+            width: nw,
+            height: nh,
+            data: pillow_resize::<3>(&image.rgb.data, w, h, nw, nh, ResampleFilter::Lanczos),
+        },
+    };
+    DecodedImage {
+        rgb,
+        alpha: None,
+        mode: SourceMode::Rgb,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// smart_resize and the processor
+// ---------------------------------------------------------------------------------------------
+
+/// Qwen2-VL `smart_resize`: the `(height, width)` the image is resized to, multiples of `factor`,
+/// with `min_pixels ≤ h·w ≤ max_pixels` where possible. Python `round` is ties-to-even. The
+/// `max(factor, ·)` guard of transformers 5.x is applied in the max-pixels branch (4.50 has none;
+/// identical for every size where 4.50 does not fail).
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(usize, usize), ImageError> {
+    if height == 0 || width == 0 {
+        return Err(ImageError::ZeroSize {
+            name: "smart_resize".to_string(),
+            width,
+            height,
+        });
+    }
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    let ratio = h.max(w) / h.min(w);
+    if ratio > MAX_ASPECT_RATIO {
+        return Err(ImageError::AspectRatio {
+            width,
+            height,
+            ratio,
+            max: MAX_ASPECT_RATIO,
+        });
+    }
+    let mut h_bar = (h / f).round_ties_even() as u64 * factor as u64;
+    let mut w_bar = (w / f).round_ties_even() as u64 * factor as u64;
+    if h_bar * w_bar > max_pixels {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = (factor as u64).max((h / beta / f).floor() as u64 * factor as u64);
+        w_bar = (factor as u64).max((w / beta / f).floor() as u64 * factor as u64);
+    } else if h_bar * w_bar < min_pixels {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() as u64 * factor as u64;
+        w_bar = (w * beta / f).ceil() as u64 * factor as u64;
+    }
+    Ok((h_bar as usize, w_bar as usize))
+}
+
+/// OpenAI CLIP mean, used by Qwen2.5-VL.
+pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP std, used by Qwen2.5-VL.
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Settings of the Qwen2-VL image processor. Deserialises a Hugging Face
+/// `preprocessor_config.json` (unknown keys are ignored; missing keys take PaDT's values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageProcessorConfig {
+    pub min_pixels: u64,
+    pub max_pixels: u64,
+    pub patch_size: usize,
+    pub merge_size: usize,
+    pub temporal_patch_size: usize,
+    #[serde(rename = "image_mean")]
+    pub mean: [f32; 3],
+    #[serde(rename = "image_std")]
+    pub std: [f32; 3],
+    pub rescale_factor: f64,
+}
+
+impl Default for ImageProcessorConfig {
+    /// PaDT's values: min 3136 (4·28²), max 12845056 (16384·28²), patch 14, merge 2, temporal 2.
+    fn default() -> Self {
+        Self {
+            min_pixels: 3136,
+            max_pixels: 12_845_056,
+            patch_size: 14,
+            merge_size: 2,
+            temporal_patch_size: 2,
+            mean: OPENAI_CLIP_MEAN,
+            std: OPENAI_CLIP_STD,
+            rescale_factor: 1.0 / 255.0,
+        }
+    }
+}
+
+impl ImageProcessorConfig {
+    /// Parses a `preprocessor_config.json` text; `origin` names it in errors.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, ImageError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| ImageError::Config {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Reads a `preprocessor_config.json` file.
+    pub fn from_json_file(path: &Path) -> Result<Self, ImageError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ImageError::Config {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json_str(&text, &origin)
+    }
+
+    /// Checks the values make sense; `origin` names the config in errors.
+    pub fn validate(&self, origin: &str) -> Result<(), ImageError> {
+        let fail = |reason: String| {
+            Err(ImageError::Config {
+                origin: origin.to_string(),
+                reason,
+            })
+        };
+        if self.patch_size == 0 || self.merge_size == 0 || self.temporal_patch_size == 0 {
+            return fail(format!(
+                "patch_size {}, merge_size {} and temporal_patch_size {} must be positive",
+                self.patch_size, self.merge_size, self.temporal_patch_size
+            ));
+        }
+        if self.min_pixels > self.max_pixels {
+            return fail(format!(
+                "min_pixels {} is larger than max_pixels {}",
+                self.min_pixels, self.max_pixels
+            ));
+        }
+        if self.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
+            return fail(format!(
+                "image_std {:?} must be finite and non-zero",
+                self.std
+            ));
+        }
+        Ok(())
+    }
+
+    /// `patch_size * merge_size` (28 for Qwen2.5-VL).
+    pub fn factor(&self) -> usize {
+        self.patch_size * self.merge_size
+    }
+
+    /// Values per `pixel_values` row: `3 · temporal_patch_size · patch_size²` (1176).
+    pub fn patch_dim(&self) -> usize {
+        3 * self.temporal_patch_size * self.patch_size * self.patch_size
+    }
+}
+
+/// The processor output for one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessedImage {
+    /// `[num_patches, patch_dim]` row-major.
+    pub pixel_values: Vec<f32>,
+    pub num_patches: usize,
+    pub patch_dim: usize,
+    /// `[t, gh, gw]` = `[1, h/14, w/14]`.
+    pub grid_thw: [usize; 3],
+    /// `(height, width)` after `smart_resize`.
+    pub resized_hw: (usize, usize),
+}
+
+impl ProcessedImage {
+    /// Tokens the LLM sees for this image (`<|image_pad|>` count): `t·gh·gw / merge²`.
+    pub fn num_merged_tokens(&self, merge_size: usize) -> usize {
+        self.num_patches / (merge_size * merge_size)
+    }
+}
+
+/// The Qwen2-VL image processor (transformers 4.50 slow path) with precomputed per-channel
+/// lookup tables for rescale + normalise.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    config: ImageProcessorConfig,
+    /// `lut[c][v]` = `(f32(f64(v) · rescale) − mean_c) / std_c` in f32.
+    lut: [[f32; 256]; 3],
+}
+
+impl ImageProcessor {
+    pub fn new(config: ImageProcessorConfig) -> Result<Self, ImageError> {
+        config.validate("ImageProcessor::new")?;
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, out) in table.iter_mut().enumerate() {
+                let rescaled = (v as f64 * config.rescale_factor) as f32;
+                *out = (rescaled - config.mean[c]) / config.std[c];
+            }
+        }
+        Ok(Self { config, lut })
+    }
+
+    pub fn config(&self) -> &ImageProcessorConfig {
+        &self.config
+    }
+
+    /// `(height, width)` the processor resizes an image of this size to.
+    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize), ImageError> {
+        smart_resize(
+            height,
+            width,
+            self.config.factor(),
+            self.config.min_pixels,
+            self.config.max_pixels,
+        )
+    }
+
+    /// Pillow BICUBIC resize to the `smart_resize` size (a copy when the size already fits).
+    pub fn resize(&self, image: &RgbImage) -> Result<RgbImage, ImageError> {
+        let (h, w) = self.target_size(image.height, image.width)?;
+        Ok(RgbImage {
+            width: w,
+            height: h,
+            data: pillow_resize::<3>(
+                &image.data,
+                image.width,
+                image.height,
+                w,
+                h,
+                ResampleFilter::Bicubic,
+            ),
+        })
+    }
+
+    /// Rescale, normalise, duplicate over time and patchify an image whose sides are multiples of
+    /// `patch_size · merge_size`.
+    ///
+    /// # Shapes
+    /// - `resized`: `[H, W, 3]` u8
+    /// - output `pixel_values`: `[(H/p)·(W/p), 3·t·p·p]`, rows ordered by merge block (raster),
+    ///   then inside the block (raster); each row `[c][t][py][px]`.
+    pub fn patchify(&self, resized: &RgbImage) -> ProcessedImage {
+        let p = self.config.patch_size;
+        let m = self.config.merge_size;
+        let t = self.config.temporal_patch_size;
+        let factor = p * m;
+        assert!(
+            resized.height % factor == 0 && resized.width % factor == 0,
+            "patchify: {}x{} is not a multiple of {factor}",
+            resized.width,
+            resized.height
+        );
+        let (gh, gw) = (resized.height / p, resized.width / p);
+        let patch_dim = self.config.patch_dim();
+        let plane = p * p;
+        let num_patches = gh * gw;
+        let mut pixel_values = vec![0f32; num_patches * patch_dim];
+        let row_stride = resized.width * 3;
+        let mut rows = pixel_values.chunks_exact_mut(patch_dim);
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for i in 0..m {
+                    for j in 0..m {
+                        let row = rows.next().expect("patch count");
+                        let (y0, x0) = ((bh * m + i) * p, (bw * m + j) * p);
+                        for (c, lut) in self.lut.iter().enumerate() {
+                            let (first, rest) =
+                                row[c * t * plane..(c + 1) * t * plane].split_at_mut(plane);
+                            for py in 0..p {
+                                let src = &resized.data[(y0 + py) * row_stride + x0 * 3..][..p * 3];
+                                let dst = &mut first[py * p..(py + 1) * p];
+                                for (d, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
+                                    *d = lut[px[c] as usize];
+                                }
+                            }
+                            // Temporal duplication: the same frame `t` times.
+                            for frame in rest.chunks_exact_mut(plane) {
+                                frame.copy_from_slice(first);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ProcessedImage {
+            pixel_values,
+            num_patches,
+            patch_dim,
+            grid_thw: [1, gh, gw],
+            resized_hw: (resized.height, resized.width),
+        }
+    }
+
+    /// Resize + rescale + normalise + patchify a decoded RGB image (the processor part).
+    ///
+    /// # Shapes
+    /// - `image`: `[H, W, 3]` u8 → `pixel_values` `[gh·gw, 1176]`, `grid_thw` `[1, gh, gw]`
+    pub fn preprocess(&self, image: &RgbImage) -> Result<ProcessedImage, ImageError> {
+        let resized = self.resize(image)?;
+        Ok(self.patchify(&resized))
+    }
+
+    /// The whole path of one training image: decode, PaDT's tiny-image upscale, processor.
+    pub fn process_encoded(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        options: &DecodeOptions,
+    ) -> Result<ProcessedImage, ImageError> {
+        let decoded = padt_upscale(decode_image(bytes, name, options)?);
+        self.preprocess(&decoded.rgb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_resize_ties_to_even_and_branches() {
+        // 434/28 = 15.5 -> 16, 462/28 = 16.5 -> 16.
+        assert_eq!(
+            smart_resize(462, 434, 28, 3136, 12_845_056).unwrap(),
+            (448, 448)
+        );
+        // min branch: 60x40 -> 84x56.
+        assert_eq!(
+            smart_resize(60, 40, 28, 3136, 12_845_056).unwrap(),
+            (84, 56)
+        );
+        // max branch.
+        assert_eq!(smart_resize(174, 200, 28, 3136, 12544).unwrap(), (84, 112));
+        assert!(matches!(
+            smart_resize(28, 28 * 201, 28, 3136, 12_845_056),
+            Err(ImageError::AspectRatio { .. })
+        ));
+        assert!(matches!(
+            smart_resize(0, 5, 28, 3136, 12_845_056),
+            Err(ImageError::ZeroSize { .. })
+        ));
+    }
+
+    #[test]
+    fn padt_upscale_size_truncates_like_python() {
+        assert_eq!(padt_upscale_size(20, 45), Some((28, 62)));
+        assert_eq!(padt_upscale_size(20, 85), Some((28, 118)));
+        assert_eq!(padt_upscale_size(45, 10), Some((126, 28)));
+        assert_eq!(padt_upscale_size(28, 28), None);
+    }
+
+    #[test]
+    fn cmyk_conversion_matches_pillow_formula() {
+        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 0]), vec![255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 0]), vec![0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[0, 128, 255, 255]), vec![0, 0, 0]);
+        // nk = 155; 155 - round(100*155/255) = 155 - 61 = 94
+        assert_eq!(cmyk_to_rgb(&[100, 0, 0, 100])[0], 94);
+    }
+}
