@@ -506,14 +506,21 @@ pub fn detections_from_json(root: &Value, path: &str) -> Result<Vec<Detection>, 
 // Evaluation
 // ---------------------------------------------------------------------------------------------
 
+/// What a detection counts as at one IoU threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    TruePositive,
+    FalsePositive,
+    /// Matched to an ignored ground truth, or unmatched and outside the area range.
+    Ignored,
+}
+
 /// Matching result of one (category, area range, image) cell with at least one gt or detection.
 struct ImageResult {
     /// Scores of the (≤ 100) detections, descending.
     scores: Vec<f64>,
-    /// `[T][D]`: detection matched a ground truth at threshold t.
-    matched: Vec<Vec<bool>>,
-    /// `[T][D]`: detection ignored at threshold t.
-    ignored: Vec<Vec<bool>>,
+    /// `[T * D]` (threshold-major): what each detection is at each IoU threshold.
+    outcomes: Vec<Outcome>,
     /// Number of non-ignored ground truths.
     num_counted_gt: usize,
 }
@@ -544,8 +551,7 @@ fn evaluate_image(
     let crowd: Vec<bool> = gt_order.iter().map(|&g| gts[g].iscrowd).collect();
 
     let num_dt = dts.len();
-    let mut matched = vec![vec![false; num_dt]; NUM_IOU_THRESHOLDS];
-    let mut ignored = vec![vec![false; num_dt]; NUM_IOU_THRESHOLDS];
+    let mut outcomes = vec![Outcome::FalsePositive; NUM_IOU_THRESHOLDS * num_dt];
     if !gts.is_empty() {
         for (t, &threshold) in thresholds.iter().enumerate() {
             let mut gt_taken = vec![false; gts.len()];
@@ -570,24 +576,29 @@ fn evaluate_image(
                     best = Some(g);
                 }
                 if let Some(m) = best {
-                    ignored[t][d] = gt_ignore[m];
-                    matched[t][d] = true;
+                    outcomes[t * num_dt + d] = if gt_ignore[m] {
+                        Outcome::Ignored
+                    } else {
+                        Outcome::TruePositive
+                    };
                     gt_taken[m] = true;
                 }
             }
         }
     }
-    for (t_matched, t_ignored) in matched.iter().zip(ignored.iter_mut()) {
-        for d in 0..num_dt {
-            if !t_matched[d] && outside(dts[d].bbox[2] * dts[d].bbox[3]) {
-                t_ignored[d] = true;
+    // Unmatched detections outside the area range are ignored.
+    for (d, dt) in dts.iter().enumerate() {
+        if outside(dt.bbox[2] * dt.bbox[3]) {
+            for t in 0..NUM_IOU_THRESHOLDS {
+                if outcomes[t * num_dt + d] == Outcome::FalsePositive {
+                    outcomes[t * num_dt + d] = Outcome::Ignored;
+                }
             }
         }
     }
     ImageResult {
         scores: dts.iter().map(|d| d.score).collect(),
-        matched,
-        ignored,
+        outcomes,
         num_counted_gt: gt_ignore.iter().filter(|&&i| !i).count(),
     }
 }
@@ -724,12 +735,11 @@ pub fn evaluate(truth: &CocoGroundTruth, detections: &[Detection]) -> CocoEvalua
                     let mut recall_curve = Vec::with_capacity(pooled.len());
                     let mut precision_curve = Vec::with_capacity(pooled.len());
                     for &(_, e, d) in &pooled {
-                        if !cells[e].ignored[t][d] {
-                            if cells[e].matched[t][d] {
-                                tp += 1.0;
-                            } else {
-                                fp += 1.0;
-                            }
+                        let cell = &cells[e];
+                        match cell.outcomes[t * cell.scores.len() + d] {
+                            Outcome::TruePositive => tp += 1.0,
+                            Outcome::FalsePositive => fp += 1.0,
+                            Outcome::Ignored => {}
                         }
                         recall_curve.push(tp / num_counted_gt as f64);
                         precision_curve.push(tp / (fp + tp + f64::EPSILON));
