@@ -24,6 +24,7 @@
 pub mod cpython_set;
 pub mod numpy_rng;
 
+use crate::patches::{foreground_patches, grid_for, PatchRule};
 use crate::record::{ImageData, Record, RecordObject, RleJson, SourceItem, SourceOutput, Task};
 use crate::sources::error::SourceError;
 use numpy_rng::LegacyRandomState;
@@ -268,11 +269,10 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
     // Sequential assembly in image order.
     for (plan, per_cat) in plans.into_iter().zip(built) {
         let img = &dataset.images[plan.img_idx];
-        let Some((gh, gw)) = padt_grid(img.height, img.width) else {
+        if padt_grid(img.height, img.width).is_none() {
             out.count("images_skipped_side_lt_14", 1);
             continue;
-        };
-        let _ = (gh, gw);
+        }
         let mut objects: Vec<RecordObject> = Vec::new();
         let mut groups: Vec<(&str, usize)> = Vec::new();
         for ((cat, _), outcomes) in plan.answer_categories.iter().zip(per_cat) {
@@ -346,14 +346,20 @@ fn build_object(ann: &CocoAnnotation, img: &CocoImage) -> ObjectOutcome {
     let Some((gh, gw)) = padt_grid(img.height, img.width) else {
         return ObjectOutcome::NoPatch;
     };
-    let (mask, rle, box_filled) = match &ann.segmentation {
-        Some(seg) => match annotation_mask(seg, img.height, img.width) {
-            Ok((mask, rle)) => (mask, Some(rle), false),
+    let (mask, keep_rle) = match &ann.segmentation {
+        Some(seg) => match annotation_rle(seg, img.height, img.width) {
+            Ok(rle) => (rle, true),
             Err(_) => return ObjectOutcome::Invalid,
         },
-        None => (filled_box_mask(ann.bbox, img.height, img.width), None, true),
+        None => {
+            let dense = filled_box_mask(ann.bbox, img.height, img.width);
+            match Rle::encode_row_major(&dense, img.height, img.width) {
+                Ok(rle) => (rle, false),
+                Err(_) => return ObjectOutcome::Invalid,
+            }
+        }
     };
-    let patches = foreground_patches_u8(&mask, img.height, img.width, gh, gw);
+    let patches = foreground_patches(&mask, PatchRule::CocoU8);
     if patches.is_empty() {
         return ObjectOutcome::NoPatch;
     }
@@ -364,18 +370,17 @@ fn build_object(ann: &CocoAnnotation, img: &CocoImage) -> ObjectOutcome {
             iscrowd: ann.iscrowd,
             area: ann.area.as_f64().unwrap_or(f64::NAN),
             area_is_int: !ann.area.is_f64(),
-            rle,
+            rle: keep_rle.then(|| rle_json(&mask)),
             label: String::new(),
         },
-        box_filled,
+        box_filled: !keep_rle,
     }
 }
 
 /// The PaDT patch grid `(round(H/28), round(W/28))` (ties to even); `None` when a side is
 /// 14 px or less (PaDT's `cv2.resize` to a zero size would raise).
 pub fn padt_grid(height: u32, width: u32) -> Option<(u32, u32)> {
-    let gh = (height as f64 / 28.0).round_ties_even() as u32;
-    let gw = (width as f64 / 28.0).round_ties_even() as u32;
+    let (gh, gw) = grid_for(width, height);
     (gh > 0 && gw > 0).then_some((gh, gw))
 }
 
@@ -392,23 +397,50 @@ pub fn padt_bbox(b: [f64; 4], width: u32, height: u32, gw: u32, gh: u32) -> [f64
     ]
 }
 
-/// `annToMask` (+ the re-encoded compressed RLE) of a COCO segmentation at `height x width`:
-/// the row-major 0/1 mask and `cocomask.encode(mask)` with its counts string.
-pub(crate) fn annotation_mask(
+/// `annToRLE` of a COCO segmentation at `height x width`, in the canonical form
+/// `cocomask.encode(annToMask(ann))` has (no empty runs except the leading 0-run).
+pub(crate) fn annotation_rle(
     segmentation: &serde_json::Value,
     height: u32,
     width: u32,
-) -> Result<(Vec<u8>, RleJson), MaskError> {
+) -> Result<Rle, MaskError> {
     let rle = Segmentation::from_json(segmentation)?.to_rle(height, width)?;
-    let mask = rle.decode_row_major();
-    let canonical = Rle::encode_row_major(&mask, height, width)?;
-    Ok((
-        mask,
-        RleJson {
-            size: [height, width],
-            counts: canonical.to_string(),
-        },
-    ))
+    Ok(canonical_rle(rle))
+}
+
+/// `encode(decode(rle))` without the dense mask: drops empty runs (uncompressed crowd RLEs and
+/// unions may hold them) by joining their neighbours. An empty mask keeps its single count.
+pub(crate) fn canonical_rle(rle: Rle) -> Rle {
+    if rle.counts.iter().skip(1).all(|&c| c != 0) {
+        return rle;
+    }
+    let mut counts: Vec<u32> = Vec::with_capacity(rle.counts.len());
+    for (i, &c) in rle.counts.iter().enumerate() {
+        let is_one = i % 2 == 1;
+        if c == 0 && i > 0 {
+            continue;
+        }
+        // `counts` alternates 0-runs and 1-runs, starting with a 0-run.
+        let last_is_one = counts.len() % 2 == 0;
+        if !counts.is_empty() && last_is_one == is_one {
+            *counts.last_mut().expect("non-empty") += c;
+        } else {
+            counts.push(c);
+        }
+    }
+    Rle {
+        height: rle.height,
+        width: rle.width,
+        counts,
+    }
+}
+
+/// The `rle` field of a record object.
+pub(crate) fn rle_json(rle: &Rle) -> RleJson {
+    RleJson {
+        size: rle.size(),
+        counts: rle.to_string(),
+    }
 }
 
 /// `mask[round(y1):round(y1+h), round(x1):round(x1+w)] = 1` on a zero `height x width` mask,
@@ -445,19 +477,6 @@ fn numpy_slice(start: f64, stop: f64, len: i64) -> (usize, usize) {
     };
     let (a, b) = (norm(start), norm(stop));
     (a, b.max(a))
-}
-
-/// Foreground patches of a row-major 0/1 mask, uint8 path (`>=`, COCO and RIC).
-pub(crate) fn foreground_patches_u8(
-    mask: &[u8],
-    height: u32,
-    width: u32,
-    gh: u32,
-    gw: u32,
-) -> Vec<u32> {
-    let _ = (mask, height, width, gh, gw);
-    // Wired to `crate::patches` once its API lands.
-    Vec::new()
 }
 
 /// A COCO image entry (the fields PaDT reads).

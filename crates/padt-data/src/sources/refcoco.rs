@@ -12,11 +12,11 @@
 //! `x / W` bbox, `iscrowd`, `area` and the re-encoded RLE. Refs whose mask keeps no patch are
 //! skipped.
 
-use crate::record::{ImageData, Record, RecordObject, RleJson, SourceItem, SourceOutput, Task};
+use crate::patches::{foreground_patches, PatchRule};
+use crate::record::{ImageData, Record, RecordObject, SourceItem, SourceOutput, Task};
 use crate::sources::coco::cpython_set::cpython_set_order;
-use crate::sources::coco::padt_grid;
+use crate::sources::coco::{annotation_rle, padt_grid, rle_json};
 use crate::sources::error::SourceError;
-use padt_core::{MaskError, Rle, Segmentation};
 use rayon::prelude::*;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -224,13 +224,19 @@ fn ref_object(r: &PickleRef, index: &ReferIndex) -> RefOutcome {
     let Some(img) = index.images.get(&r.image_id) else {
         return RefOutcome::Skipped("refs_skipped_unknown_image");
     };
-    let Some((gh, gw)) = padt_grid(img.height, img.width) else {
+    if padt_grid(img.height, img.width).is_none() {
         return RefOutcome::Skipped("refs_skipped_image_side_lt_14");
-    };
-    let Ok((mask, rle)) = refer_mask(ann.segmentation.as_ref(), img.height, img.width) else {
+    }
+    // `process_refcoco.py` only handles polygon lists (an RLE dict raises there); RLEs are
+    // decoded as everywhere else.
+    let Some(Ok(rle)) = ann
+        .segmentation
+        .as_ref()
+        .map(|seg| annotation_rle(seg, img.height, img.width))
+    else {
         return RefOutcome::Skipped("refs_skipped_invalid_segmentation");
     };
-    let patches = foreground_patches_f32(&mask, img.height, img.width, gh, gw);
+    let patches = foreground_patches(&rle, PatchRule::RefcocoF32);
     if patches.is_empty() {
         return RefOutcome::NoPatch;
     }
@@ -242,36 +248,9 @@ fn ref_object(r: &PickleRef, index: &ReferIndex) -> RefOutcome {
         iscrowd: ann.iscrowd,
         area: ann.area.as_f64().unwrap_or(f64::NAN),
         area_is_int: !ann.area.is_f64(),
-        rle: Some(rle),
+        rle: Some(rle_json(&rle)),
         label: String::new(),
     })
-}
-
-/// The union mask of a refer annotation (polygons, or an RLE where `process_refcoco.py`
-/// would crash) and its re-encoded RLE.
-fn refer_mask(
-    segmentation: Option<&serde_json::Value>,
-    height: u32,
-    width: u32,
-) -> Result<(Vec<u8>, RleJson), MaskError> {
-    let seg = segmentation.ok_or(MaskError::Empty("annotation has no segmentation"))?;
-    let rle = Segmentation::from_json(seg)?.to_rle(height, width)?;
-    let mask = rle.decode_row_major();
-    let canonical = Rle::encode_row_major(&mask, height, width)?;
-    Ok((
-        mask,
-        RleJson {
-            size: [height, width],
-            counts: canonical.to_string(),
-        },
-    ))
-}
-
-/// Foreground patches of a row-major 0/1 mask, float32 path (`>`, RefCOCO).
-fn foreground_patches_f32(mask: &[u8], height: u32, width: u32, gh: u32, gw: u32) -> Vec<u32> {
-    let _ = (mask, height, width, gh, gw);
-    // Wired to `crate::patches` once its API lands.
-    Vec::new()
 }
 
 /// One sentence of a ref (only `sent` is used).

@@ -14,10 +14,9 @@
 //! - leftover `(box_id: …)` groups are removed by PaDT's final regex;
 //! - prompt `Please describe this image.`, objects with `label: ""`, task `ric`.
 
+use crate::patches::{foreground_patches, PatchRule};
 use crate::record::{ImageData, Record, RecordObject, SourceItem, SourceOutput, Task};
-use crate::sources::coco::{
-    annotation_mask, foreground_patches_u8, padt_bbox, padt_grid, CocoDataset,
-};
+use crate::sources::coco::{annotation_rle, padt_bbox, padt_grid, rle_json, CocoDataset};
 use crate::sources::error::SourceError;
 use rayon::prelude::*;
 use regex::Regex;
@@ -257,9 +256,9 @@ fn tag_object(
         .as_ref()
         .ok_or("box_tags_removed_no_segmentation")?;
     let (gh, gw) = padt_grid(img.height, img.width).ok_or("box_tags_removed_no_patch")?;
-    let (mask, rle) = annotation_mask(seg, img.height, img.width)
+    let rle = annotation_rle(seg, img.height, img.width)
         .map_err(|_| "box_tags_removed_invalid_segmentation")?;
-    let patches = foreground_patches_u8(&mask, img.height, img.width, gh, gw);
+    let patches = foreground_patches(&rle, PatchRule::CocoU8);
     if patches.is_empty() {
         return Err("box_tags_removed_no_patch");
     }
@@ -269,7 +268,7 @@ fn tag_object(
         iscrowd: ann.iscrowd,
         area: ann.area.as_f64().unwrap_or(f64::NAN),
         area_is_int: !ann.area.is_f64(),
-        rle: Some(rle),
+        rle: Some(rle_json(&rle)),
         label: String::new(),
     })
 }
