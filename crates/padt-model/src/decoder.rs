@@ -127,7 +127,8 @@ impl<B: Backend> InputProjection<B> {
     /// # Shapes
     /// - `x`: `[n, llm_hidden]` → `[n, hidden]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.fc2.forward(gelu(self.fc1.forward(self.norm.forward(x))))
+        self.fc2
+            .forward(gelu(self.fc1.forward(self.norm.forward(x))))
     }
 }
 
@@ -239,7 +240,10 @@ impl<B: Backend> DecoderAttention<B> {
         let ty = y.dims()[0];
         let heads = self.num_heads;
         let head_dim = d / heads;
-        let v = self.v_proj.forward(y.clone()).reshape([ty, heads, head_dim]);
+        let v = self
+            .v_proj
+            .forward(y.clone())
+            .reshape([ty, heads, head_dim]);
         let project = |proj: &Linear<B>, input: Tensor<B, 2>, pos: &PositionEncoding<B>| {
             let t = input.dims()[0];
             match pos {
@@ -323,8 +327,9 @@ pub fn varlen_cross_attention<B: Backend>(
     for &len in &k_lens {
         pad.extend((0..max_k).map(|j| j >= len));
     }
-    let key_pad = Tensor::<B, 4, Bool>::from_data(TensorData::new(pad, [n_seq, 1, 1, max_k]), &device)
-        .expand([n_seq, 1, max_q, max_k]);
+    let key_pad =
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(pad, [n_seq, 1, 1, max_k]), &device)
+            .expand([n_seq, 1, max_q, max_k]);
     let batch = |x: Tensor<B, 3>, idx: Tensor<B, 1, Int>, len: usize| {
         x.select(0, idx)
             .reshape([n_seq, len, heads, head_dim])
@@ -399,22 +404,27 @@ impl<B: Backend> DecoderBlock<B> {
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let q_norm = self.norm1.forward(query.clone());
         let query = query
-            + self
-                .self_attn
-                .forward(q_norm.clone(), q_norm, cu_query, cu_query, query_pos, query_pos);
+            + self.self_attn.forward(
+                q_norm.clone(),
+                q_norm,
+                cu_query,
+                cu_query,
+                query_pos,
+                query_pos,
+            );
         let q_norm = self.norm2.forward(query.clone());
         let m_norm = self.norm3.forward(memory.clone());
         let query = query
-            + self.cross_attn_query_to_image.forward(
-                q_norm, m_norm, cu_query, cu_memory, query_pos, memory_pos,
-            );
+            + self
+                .cross_attn_query_to_image
+                .forward(q_norm, m_norm, cu_query, cu_memory, query_pos, memory_pos);
         let query = query.clone() + self.mlp.forward(self.norm4.forward(query));
         let q_norm = self.norm5.forward(query.clone());
         let m_norm = self.norm6.forward(memory.clone());
         let memory = memory
-            + self.cross_attn_image_to_query.forward(
-                m_norm, q_norm, cu_memory, cu_query, memory_pos, query_pos,
-            );
+            + self
+                .cross_attn_image_to_query
+                .forward(m_norm, q_norm, cu_memory, cu_query, memory_pos, query_pos);
         (query, memory)
     }
 }
@@ -639,7 +649,8 @@ impl<B: Backend> PadtDecoder<B> {
             &high_pos,
         );
 
-        let special_rows = |which: usize| index(cu_q[..n_obj].iter().map(|&s| (s + which) as i64).collect());
+        let special_rows =
+            |which: usize| index(cu_q[..n_obj].iter().map(|&s| (s + which) as i64).collect());
         let pred_boxes = sigmoid(
             self.bbox_prediction
                 .forward(query.clone().select(0, special_rows(0))),
@@ -750,8 +761,7 @@ fn mask_logits<B: Backend>(
         let map = if gh == max_h && gw == max_w {
             map
         } else {
-            Tensor::zeros([4 * max_h, 4 * max_w], &device)
-                .slice_assign([0..4 * gh, 0..4 * gw], map)
+            Tensor::zeros([4 * max_h, 4 * max_w], &device).slice_assign([0..4 * gh, 0..4 * gw], map)
         };
         maps.push(map.unsqueeze_dim::<3>(0));
     }
@@ -771,8 +781,8 @@ pub fn decoder_config_from_model_config(
     let section = config
         .get("vl_decoder")
         .ok_or_else(|| error("no `vl_decoder` section (not a PaDT checkpoint?)".into()))?;
-    let mut decoder: PadtDecoderConfig = serde_json::from_value(section.clone())
-        .map_err(|e| error(format!("`vl_decoder`: {e}")))?;
+    let mut decoder: PadtDecoderConfig =
+        serde_json::from_value(section.clone()).map_err(|e| error(format!("`vl_decoder`: {e}")))?;
     if let Some(h) = config.get("hidden_size").and_then(|h| h.as_u64()) {
         decoder.llm_hidden_state = h as usize;
     }
