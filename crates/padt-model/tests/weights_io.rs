@@ -247,3 +247,63 @@ fn index_pointing_to_wrong_shard_is_named() {
         "{err}"
     );
 }
+
+/// An untied variant (`tie_word_embeddings: false`, `lm_head.weight` = a scaled copy of the
+/// embeddings) loads the separate head and uses it for the logits.
+#[test]
+fn untied_lm_head_is_loaded_and_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_variant(tmp.path(), |t| {
+        let embed = t
+            .iter()
+            .find(|(k, ..)| k == "model.embed_tokens.weight")
+            .unwrap();
+        let doubled: Vec<u8> = embed
+            .3
+            .chunks_exact(4)
+            .flat_map(|c| (2.0 * f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+            .collect();
+        let entry = (
+            "lm_head.weight".to_string(),
+            embed.1,
+            embed.2.clone(),
+            doubled,
+        );
+        t.push(entry);
+    });
+    let config = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    let config = config.replace(
+        "\"tie_word_embeddings\": true",
+        "\"tie_word_embeddings\": false",
+    );
+    std::fs::write(tmp.path().join("config.json"), config).unwrap();
+    let untied = load(tmp.path()).unwrap();
+    assert!(untied.lm_head.is_some());
+    let tied = load_tiny();
+    let device = Default::default();
+    let hidden = tied
+        .embed_text(&[vec![3, 7, 11]], &device)
+        .unwrap()
+        .reshape([3, 96]);
+    let (_, a) = to_vec(untied.logits(hidden.clone()));
+    let (_, b) = to_vec(tied.logits(hidden));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(*x, 2.0 * y);
+    }
+    // Without the head in the checkpoint, the untied model reports it missing.
+    let ckpt = tmp.path().join("model.safetensors");
+    std::fs::remove_file(&ckpt).unwrap();
+    write_variant(tmp.path(), |_| {});
+    std::fs::write(
+        tmp.path().join("config.json"),
+        std::fs::read_to_string(golden_dir().join("checkpoint/config.json"))
+            .unwrap()
+            .replace(
+                "\"tie_word_embeddings\": true",
+                "\"tie_word_embeddings\": false",
+            ),
+    )
+    .unwrap();
+    let msg = expect_err(load(tmp.path()));
+    assert!(msg.contains("`lm_head.weight`"), "{msg}");
+}
