@@ -82,7 +82,9 @@ fn to_jinja(value: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(to_jinja).collect::<Vec<_>>()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(to_jinja).collect::<Vec<_>>())
+        }
         serde_json::Value::Object(map) => Value::from(
             map.iter()
                 .map(|(k, v)| (k.clone(), to_jinja(v)))
@@ -105,9 +107,12 @@ impl ChatTemplate {
                 reason: e.to_string(),
             })?;
         env.set_syntax(syntax);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<Value, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string())
             .map_err(|e| ChatError::Template {
                 origin: origin.to_string(),
@@ -267,7 +272,10 @@ mod tests {
         );
         assert!(matches!(
             expand_image_pads(s, &[2]),
-            Err(ChatError::ImagePadCount { found: 2, images: 1 })
+            Err(ChatError::ImagePadCount {
+                found: 2,
+                images: 1
+            })
         ));
         assert_eq!(
             expand_image_pad_ids(&[1, 9, 2], 9, &[3]).unwrap(),

@@ -356,7 +356,10 @@ impl CompletionTarget {
             if pick.object != object {
                 return Err(TargetError::BadPicks {
                     record: record.id,
-                    reason: format!("picks for object {} where the text has {object}", pick.object),
+                    reason: format!(
+                        "picks for object {} where the text has {object}",
+                        pick.object
+                    ),
                 });
             }
             if let Some(&p) = pick.picks.iter().find(|&&p| p as usize >= merged) {
@@ -446,7 +449,10 @@ mod tests {
         let a = [
             3, 4, 5, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 29, 30, 31, 32, 33, 39, 40, 41,
         ];
-        assert_eq!(numpy_choice(&mut rng, &a, 5, false), vec![5, 33, 40, 41, 39]);
+        assert_eq!(
+            numpy_choice(&mut rng, &a, 5, false),
+            vec![5, 33, 40, 41, 39]
+        );
         assert_eq!(numpy_choice(&mut rng, &[46], 5, true), vec![46; 5]);
     }
 
@@ -457,8 +463,14 @@ mod tests {
         assert_eq!(s.objects, vec![1, 0]);
         assert_eq!(s.texts, vec!["A (", ", ", ")."]);
         let picks = vec![
-            ObjectPick { object: 1, picks: vec![3, 3] },
-            ObjectPick { object: 0, picks: vec![2] },
+            ObjectPick {
+                object: 1,
+                picks: vec![3, 3],
+            },
+            ObjectPick {
+                object: 0,
+                picks: vec![2],
+            },
         ];
         let t = CompletionTarget::from_picks(&r, picks, 4, "<|im_end|>").unwrap();
         assert_eq!(t.text, "A (<|VRT_3|><|VRT_3|>, <|VRT_2|>).<|im_end|>");
@@ -478,7 +490,10 @@ mod tests {
         // A single row: no centre, the centre falls back to any patch.
         let p = pick_patches(&mut rng, &[3, 4], PatchSelection::Structured, 5);
         assert_eq!(p.len(), 5);
-        assert_eq!(pick_patches(&mut rng, &patches, PatchSelection::All, 5), patches.to_vec());
+        assert_eq!(
+            pick_patches(&mut rng, &patches, PatchSelection::All, 5),
+            patches.to_vec()
+        );
     }
 
     #[test]
@@ -494,14 +509,28 @@ mod tests {
     fn bad_records_are_named_errors() {
         let mut rng = LegacyRandomState::new(0);
         let sel = PatchSelection::default();
-        let e = |r: &Record, rng: &mut LegacyRandomState| draw_picks(r, rng, sel, 10, 5).unwrap_err();
-        assert_eq!(e(&record("", vec![]), &mut rng), TargetError::EmptyAnswer { record: 42 });
+        let e =
+            |r: &Record, rng: &mut LegacyRandomState| draw_picks(r, rng, sel, 10, 5).unwrap_err();
+        assert_eq!(
+            e(&record("", vec![]), &mut rng),
+            TargetError::EmptyAnswer { record: 42 }
+        );
         let err = e(&record("x <|VRT_9999|>", vec![]), &mut rng);
-        assert!(matches!(err, TargetError::LiteralVrt { field: "answer_template", .. }));
+        assert!(matches!(
+            err,
+            TargetError::LiteralVrt {
+                field: "answer_template",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("record 42"));
         assert!(matches!(
             e(&record("<|Obj_2|>", vec![vec![1]]), &mut rng),
-            TargetError::MissingObject { index: 2, objects: 1, .. }
+            TargetError::MissingObject {
+                index: 2,
+                objects: 1,
+                ..
+            }
         ));
         assert!(matches!(
             e(&record("<|Obj_0|>", vec![vec![]]), &mut rng),
@@ -510,9 +539,16 @@ mod tests {
         let err = e(&record("<|Obj_0|>", vec![vec![3, 10]]), &mut rng);
         assert_eq!(
             err,
-            TargetError::PatchOutOfGrid { record: 42, index: 0, patch: 10, merged: 10 }
+            TargetError::PatchOutOfGrid {
+                record: 42,
+                index: 0,
+                patch: 10,
+                merged: 10
+            }
         );
         // A template without placeholders is fine ("No objects ...").
-        assert!(draw_picks(&record("None.", vec![]), &mut rng, sel, 10, 5).unwrap().is_empty());
+        assert!(draw_picks(&record("None.", vec![]), &mut rng, sel, 10, 5)
+            .unwrap()
+            .is_empty());
     }
 }

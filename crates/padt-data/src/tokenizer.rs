@@ -190,7 +190,10 @@ impl PadtTokenizer {
         let mut chat_template = config.get("chat_template").and_then(template_string);
         if let Some(path) = chat_template_json {
             // The processor's template wins over the tokenizer's (transformers 4.50).
-            if let Some(t) = read_json(path)?.get("chat_template").and_then(template_string) {
+            if let Some(t) = read_json(path)?
+                .get("chat_template")
+                .and_then(template_string)
+            {
                 chat_template = Some(t);
             }
         }
@@ -323,7 +326,10 @@ impl PadtTokenizer {
     }
 
     /// Token ids and token strings (byte-level symbols, e.g. `Ġare`) of `text`.
-    pub fn encode_with_tokens(&self, text: &str) -> Result<(Vec<u32>, Vec<String>), TokenizerError> {
+    pub fn encode_with_tokens(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<String>), TokenizerError> {
         // `encode_fast` leaves the token strings empty; the full path fills them.
         let enc = self
             .inner
@@ -418,8 +424,10 @@ pub fn model_embed_size(dir: &Path) -> Result<Option<u32>, TokenizerError> {
             path: path.clone(),
             reason: "no integer `vocab_size` (top level or text_config)".into(),
         })?;
-    u32::try_from(v).map(Some).map_err(|_| TokenizerError::Config {
-        path,
-        reason: format!("vocab_size {v} is too large"),
-    })
+    u32::try_from(v)
+        .map(Some)
+        .map_err(|_| TokenizerError::Config {
+            path,
+            reason: format!("vocab_size {v} is too large"),
+        })
 }

@@ -139,7 +139,10 @@ fn padding_and_vrt_ids() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("1000"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("1000"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,21 +151,37 @@ fn prompt_cases_render_and_expand() {
     let from_config = ChatTemplate::for_tokenizer(tok).unwrap();
     let builtin = ChatTemplate::qwen2_5_vl();
     let mut n = 0;
-    for case in cases().iter().filter(|c| c.get("rendered_before_pad_expansion").is_some()) {
+    for case in cases()
+        .iter()
+        .filter(|c| c.get("rendered_before_pad_expansion").is_some())
+    {
         let name = case["case"].as_str().unwrap();
         let want = case["rendered_before_pad_expansion"].as_str().unwrap();
         let messages = &case["chat_template_input"];
         for t in [&from_config, &builtin] {
-            assert_eq!(t.render(messages, true).unwrap(), want, "{name}: {}", t.origin());
+            assert_eq!(
+                t.render(messages, true).unwrap(),
+                want,
+                "{name}: {}",
+                t.origin()
+            );
         }
         // The record path builds the same messages from the prompt.
         let prompt = messages[0]["content"][1]["text"].as_str().unwrap();
         assert_eq!(&padt_messages(prompt), messages, "{name}");
         let grid = u32s(&case["image_grid_thw"]);
         let pads = (grid[0] * grid[1] * grid[2] / 4) as usize;
-        assert_eq!(pads as u64, case["num_image_pads"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            pads as u64,
+            case["num_image_pads"].as_u64().unwrap(),
+            "{name}"
+        );
         let expanded = expand_image_pads(want, &[pads]).unwrap();
-        assert_eq!(expanded, case["text"].as_str().unwrap(), "{name}: expanded text");
+        assert_eq!(
+            expanded,
+            case["text"].as_str().unwrap(),
+            "{name}: expanded text"
+        );
         let ids = expand_image_pad_ids(
             &tok.encode(want).unwrap(),
             tok.special_ids().image_pad,
@@ -224,7 +243,10 @@ fn completion_cases_reproduce_picks_text_and_ids() {
     let tok = tokenizer(151_936, 256);
     let mut rng = LegacyRandomState::new(5);
     let mut n = 0;
-    for case in cases().iter().filter(|c| c.get("answer_template").is_some()) {
+    for case in cases()
+        .iter()
+        .filter(|c| c.get("answer_template").is_some())
+    {
         let name = case["case"].as_str().unwrap();
         let template = case["answer_template"].as_str().unwrap();
         let record = find_record(template).unwrap_or_else(|| panic!("{name}: no record"));
@@ -238,8 +260,16 @@ fn completion_cases_reproduce_picks_text_and_ids() {
             .collect();
         assert_eq!(got, want, "{name}: picked patches");
         let target = CompletionTarget::from_picks(&record, picks, 256, tok.eos_token()).unwrap();
-        assert_eq!(target.text, case["text"].as_str().unwrap(), "{name}: completion text");
-        assert_eq!(target.token_ids(tok).unwrap(), u32s(&case["ids"]), "{name}: ids");
+        assert_eq!(
+            target.text,
+            case["text"].as_str().unwrap(),
+            "{name}: completion text"
+        );
+        assert_eq!(
+            target.token_ids(tok).unwrap(),
+            u32s(&case["ids"]),
+            "{name}: ids"
+        );
         n += 1;
     }
     assert_eq!(n, 9);
@@ -248,7 +278,10 @@ fn completion_cases_reproduce_picks_text_and_ids() {
 #[test]
 fn stray_vrt_in_a_training_record_is_an_error() {
     let golden = cases();
-    let case = golden.iter().find(|c| c["case"] == "vrt_out_of_range").unwrap();
+    let case = golden
+        .iter()
+        .find(|c| c["case"] == "vrt_out_of_range")
+        .unwrap();
     let text = case["text"].as_str().unwrap();
     // As plain text the tokenizer keeps it as BPE (checked in every_case_*); as a target it
     // is refused, naming the record.
@@ -260,8 +293,14 @@ fn stray_vrt_in_a_training_record_is_an_error() {
         objects: vec![],
         task: Task::Ric,
     };
-    let err = draw_picks(&record, &mut LegacyRandomState::new(0), PatchSelection::default(), 4, 2)
-        .unwrap_err()
-        .to_string();
+    let err = draw_picks(
+        &record,
+        &mut LegacyRandomState::new(0),
+        PatchSelection::default(),
+        4,
+        2,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("record 7") && err.contains("VRT"), "{err}");
 }
