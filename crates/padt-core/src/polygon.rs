@@ -23,7 +23,7 @@ impl Rle {
     /// covers `[x, x+1) x [y, y+1)`) into a `height x width` mask, bit-identical to pycocotools
     /// `frPyObjects([poly], h, w)[0]`. Coordinates outside the image are clipped the same way.
     pub fn from_polygon(xy: &[f64], height: u32, width: u32) -> Result<Rle, MaskError> {
-        if xy.len() % 2 != 0 {
+        if !xy.len().is_multiple_of(2) {
             return Err(MaskError::OddPolygon {
                 index: 0,
                 len: xy.len(),

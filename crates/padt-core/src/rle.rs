@@ -9,7 +9,7 @@
 //!   difference to `counts[i - 2]`, 5 bits per character, `0x20` = "more follows", `+ 48`.
 //!
 //! # API
-//! - [`Rle::from_string`] / [`Rle::to_string`]: compressed string ⇄ counts.
+//! - [`Rle::from_string`] / [`Rle::to_compressed`] (also `Display`): compressed string ⇄ counts.
 //! - [`Rle::from_counts`]: uncompressed counts (checked).
 //! - [`Rle::encode_col_major`], [`Rle::encode_row_major`]: from a mask (nonzero = foreground).
 //! - [`Rle::decode_col_major`], [`Rle::decode_row_major`], [`Rle::decode_row_major_into`].
@@ -76,9 +76,8 @@ impl Rle {
         Rle::from_counts(height, width, counts)
     }
 
-    /// The pycocotools compressed counts string (`rleToString`).
-    #[allow(clippy::inherent_to_string_shadow_display)]
-    pub fn to_string(&self) -> String {
+    /// The pycocotools compressed counts string (`rleToString`); the same as `to_string()`.
+    pub fn to_compressed(&self) -> String {
         encode_counts_string(&self.counts)
     }
 
@@ -263,6 +262,13 @@ impl Rle {
             width: first.width,
             counts: acc,
         })
+    }
+}
+
+/// Formats as the pycocotools compressed counts string, so `rle.to_string()` is that string.
+impl std::fmt::Display for Rle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&encode_counts_string(&self.counts))
     }
 }
 

@@ -143,7 +143,7 @@ pub fn polygons_to_rle(polys: &[Vec<f64>], height: u32, width: u32) -> Result<Rl
         if p.iter().any(|v| !v.is_finite()) {
             return Err(MaskError::NonFiniteCoordinate { index: i });
         }
-        if p.len() % 2 != 0 {
+        if !p.len().is_multiple_of(2) {
             return Err(MaskError::OddPolygon {
                 index: i,
                 len: p.len(),

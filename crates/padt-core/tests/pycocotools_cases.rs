@@ -52,10 +52,7 @@ fn every_pycocotools_case_matches_bit_for_bit() {
         };
         let expected = case["counts"].as_str().unwrap();
         if rle.to_string() != expected {
-            failures.push(format!(
-                "{name}: got {} expected {expected}",
-                rle.to_string()
-            ));
+            failures.push(format!("{name}: got {rle} expected {expected}"));
             continue;
         }
         assert_eq!(rle.area(), case["area"].as_u64().unwrap(), "{name}: area");
