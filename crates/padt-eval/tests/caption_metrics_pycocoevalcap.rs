@@ -114,3 +114,39 @@ fn bad_input_is_an_error() {
         Err(CaptionMetricError::NoReference { index: 0 })
     );
 }
+
+#[test]
+fn stripping_cleans_every_ric_answer_template_of_the_data_golden() {
+    let dir = std::env::var("PADT_DATA_GOLDEN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data")
+        });
+    let mut checked = 0;
+    for name in [
+        "ric_instances_val2017.jsonl",
+        "ric_instances_train2017.jsonl",
+    ] {
+        let text = std::fs::read_to_string(dir.join("expected").join(name)).expect("RIC golden");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let record: Value = serde_json::from_str(line).expect("record");
+            let template = record["answer_template"].as_str().expect("answer_template");
+            let stripped = strip_vrt_markers(template);
+            assert!(
+                !stripped.contains("<|") && !stripped.contains("()") && !stripped.contains("  "),
+                "{template:?} -> {stripped:?}"
+            );
+            // Only the markup goes: the words are the template's words minus the groups.
+            let words = |s: &str| {
+                s.split_whitespace()
+                    .filter(|w| !w.contains("<|"))
+                    .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
+                    .filter(|w| !w.is_empty())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(words(&stripped), words(template), "{template:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
