@@ -421,7 +421,7 @@ pub(crate) fn canonical_rle(rle: Rle) -> Rle {
             continue;
         }
         // `counts` alternates 0-runs and 1-runs, starting with a 0-run.
-        let last_is_one = counts.len() % 2 == 0;
+        let last_is_one = counts.len().is_multiple_of(2);
         if !counts.is_empty() && last_is_one == is_one {
             *counts.last_mut().expect("non-empty") += c;
         } else {

@@ -113,10 +113,10 @@ fn delete_tag(new_caption: &mut String, part: &str) {
         new_caption.truncate(new_caption.len() - 2);
         new_caption.push_str(part);
     } else if new_caption.ends_with('(') {
-        if part.starts_with(')') {
+        if let Some(rest) = part.strip_prefix(')') {
             // `new_caption[:-2] + caption_part[1:]`: drop the `(` and the character before it.
             drop_last_chars(new_caption, 2);
-            new_caption.push_str(&part[1..]);
+            new_caption.push_str(rest);
         } else {
             new_caption.push_str(skip_chars(part, 2));
         }

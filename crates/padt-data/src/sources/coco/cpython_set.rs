@@ -77,8 +77,8 @@ fn probe(table: &[Option<(i64, i64)>], hash: i64, key: Option<i64>) -> Probe {
         } else {
             0
         };
-        for j in i..=i + probes {
-            match table[j] {
+        for (j, slot) in table.iter().enumerate().skip(i).take(probes + 1) {
+            match *slot {
                 None => return Probe::Empty(j),
                 Some((h, k)) => {
                     if key.is_some_and(|key| h == hash && k == key) {
