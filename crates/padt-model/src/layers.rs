@@ -29,13 +29,17 @@ impl<B: Backend> Linear<B> {
         Self { weight, bias }
     }
 
+    /// Runs in the dtype of `x`: f32 parameters are cast to it (differentiably, so their
+    /// gradients stay f32).
+    ///
     /// # Shapes
     /// - `x`: `[..., in_features]` → `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
         burn::tensor::module::linear(
             x,
-            self.weight.val().transpose(),
-            self.bias.as_ref().map(|b| b.val()),
+            self.weight.val().cast(dtype).transpose(),
+            self.bias.as_ref().map(|b| b.val().cast(dtype)),
         )
     }
 }
@@ -64,7 +68,7 @@ impl<B: Backend> RmsNorm<B> {
         let x = x.cast(DType::F32);
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
-        let weight = self.weight.val().unsqueeze::<D>();
+        let weight = self.weight.val().cast(dtype).unsqueeze::<D>();
         weight * normed.cast(dtype)
     }
 }

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod decoder;
 pub mod error;
 pub mod layers;
+pub mod padt;
 pub mod qwen2_5_vl;
 pub mod weights;
 

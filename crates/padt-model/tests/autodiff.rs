@@ -220,3 +220,65 @@ fn gradients_reach_vision_and_language_parameters_and_match_finite_differences()
         "{fd} vs {analytic}"
     );
 }
+
+/// Mixed precision on Flex: bf16 activations with f32 parameters stay close to the f32
+/// golden, and the parameter gradients come back in f32.
+#[test]
+fn bf16_compute_keeps_f32_parameters_and_gradients() {
+    use burn::tensor::DType;
+    let device = Default::default();
+    let (model, _) =
+        Qwen2_5Vl::<AD>::from_pretrained(golden_dir().join("checkpoint"), &padt_options(), &device)
+            .unwrap();
+    let model = model.with_compute_dtype(DType::BF16);
+    let batch = batch();
+    let pixels = batch.input.pixel_values.clone().unwrap();
+    let vision = model
+        .visual
+        .forward(
+            Tensor::<AD, 2>::from_data(pixels.into_data(), &device).cast(DType::BF16),
+            &batch.input.image_grid_thw,
+            false,
+        )
+        .unwrap();
+    assert_eq!(vision.merged_embeds.dtype(), DType::BF16);
+    let merged = vision
+        .merged_embeds
+        .cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let golden = read("outputs.safetensors", "vit.merged_embeds").f32;
+    let scale = golden.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = merged
+        .iter()
+        .zip(&golden)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "bf16 merged_embeds: max abs diff {worst:.3e} (rel {:.3e})",
+        worst / scale
+    );
+    assert!(
+        worst <= 5e-2 * scale,
+        "bf16 ViT drifted: {worst} vs scale {scale}"
+    );
+
+    let value = loss(&model, &batch);
+    let f32_value = scalar(loss(&load_flex(), &batch));
+    let bf16_value = scalar(value.clone());
+    eprintln!("loss f32 {f32_value:.5}, bf16 compute {bf16_value:.5}");
+    assert!((bf16_value - f32_value).abs() <= 2e-2 * f32_value.abs());
+    let grads = value.backward();
+    let grad = model.model.layers[0]
+        .self_attn
+        .q_proj
+        .weight
+        .val()
+        .grad(&grads)
+        .unwrap();
+    assert_eq!(grad.dtype(), DType::F32);
+    let (_, values) = to_vec(grad);
+    assert!(values.iter().all(|v| v.is_finite()) && values.iter().any(|&v| v != 0.0));
+    assert_eq!(model.model.norm.weight.val().dtype(), DType::F32);
+}

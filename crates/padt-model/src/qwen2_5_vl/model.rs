@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
 use super::config::Qwen2_5VlConfig;
 use super::rope::{get_rope_index, GridThw, MropePositions, RopeTokens};
@@ -29,6 +29,9 @@ pub struct Qwen2_5Vl<B: Backend> {
     /// Separate output head (`lm_head.weight`), `None` when `tie_word_embeddings`.
     pub lm_head: Option<Linear<B>>,
     pub config: Qwen2_5VlConfig,
+    /// Dtype of the activations (`F32`, or `BF16` for mixed precision: parameters stay f32 and
+    /// are cast inside each layer; norm statistics, softmax and logits stay f32).
+    pub compute_dtype: DType,
 }
 
 /// Inputs of the stock forward pass.
@@ -64,7 +67,15 @@ impl<B: Backend> Qwen2_5Vl<B> {
             lm_head: (!config.tie_word_embeddings)
                 .then(|| Linear::new(config.hidden_size, config.vocab_size, false, device)),
             config: config.clone(),
+            compute_dtype: DType::F32,
         }
+    }
+
+    /// Sets the activation dtype of [`Self::forward`], [`Self::decode`] and
+    /// [`Self::embed_text`]; parameters stay f32.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
     }
 
     /// Reads `config.json` and the safetensors weights (one file or sharded) from `dir`.
@@ -99,12 +110,13 @@ impl<B: Backend> Qwen2_5Vl<B> {
         }
     }
 
-    /// Logits of the given hidden states.
+    /// Logits of the given hidden states, computed in their dtype and returned as f32.
     ///
     /// # Shapes
     /// - `hidden`: `[n, hidden]` → `[n, vocab]`
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        hidden.matmul(self.lm_head_weight().transpose())
+        let weight = self.lm_head_weight().cast(hidden.dtype());
+        hidden.matmul(weight.transpose()).cast(DType::F32)
     }
 
     /// Picks the hidden states at `(batch, position)` pairs.
@@ -146,7 +158,11 @@ impl<B: Backend> Qwen2_5Vl<B> {
             flat.extend_from_slice(row);
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, len]), device);
-        Ok(self.model.embed_tokens.forward(ids))
+        Ok(self
+            .model
+            .embed_tokens
+            .forward(ids)
+            .cast(self.compute_dtype))
     }
 
     /// Replaces the rows at `<|image_pad|>` positions (row-major over batch and position) by
@@ -223,9 +239,11 @@ impl<B: Backend> Qwen2_5Vl<B> {
         let mut embeds = self.embed_text(&input.input_ids, device)?;
         let vision = match &input.pixel_values {
             Some(pixels) => {
-                let out = self
-                    .visual
-                    .forward(pixels.clone(), &input.image_grid_thw, false)?;
+                let out = self.visual.forward(
+                    pixels.clone().cast(self.compute_dtype),
+                    &input.image_grid_thw,
+                    false,
+                )?;
                 embeds =
                     self.scatter_image_embeds(embeds, &input.input_ids, out.merged_embeds.clone())?;
                 Some(out)
@@ -267,6 +285,7 @@ impl<B: Backend> Qwen2_5Vl<B> {
         cache: &mut KvCache<B>,
     ) -> Result<TextOutput<B>> {
         let new = inputs_embeds.dims()[1];
+        let inputs_embeds = inputs_embeds.cast(self.compute_dtype);
         let positions = MropePositions::decode(rope_deltas, cache.len(), new);
         self.model.forward(
             inputs_embeds,

@@ -19,6 +19,7 @@ pub fn apply_rotary<B: Backend, const D: usize>(
     sin: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let dim = x.dims()[D - 1];
+    let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
     let x1 = x.clone().narrow(D - 1, 0, dim / 2);
     let x2 = x.clone().narrow(D - 1, dim / 2, dim / 2);
     let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);

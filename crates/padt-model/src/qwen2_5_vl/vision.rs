@@ -56,7 +56,7 @@ impl<B: Backend> PatchEmbed<B> {
     /// # Shapes
     /// - `pixels`: `[patches, channels * temporal * patch * patch]` → `[patches, hidden]`
     pub fn forward(&self, pixels: Tensor<B, 2>) -> Tensor<B, 2> {
-        let weight = self.proj.weight.val();
+        let weight = self.proj.weight.val().cast(pixels.dtype());
         let [out, c, t, p, q] = weight.dims();
         burn::tensor::module::linear(
             pixels,
