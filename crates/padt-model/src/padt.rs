@@ -39,7 +39,11 @@ pub fn padt_key_renames() -> Vec<(String, String)> {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-    renames.extend(PADT_KEY_RENAMES.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+    renames.extend(
+        PADT_KEY_RENAMES
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+    );
     renames
 }
 
@@ -448,7 +452,11 @@ impl<B: Backend> PadtModel<B> {
             } else {
                 let hidden_rows = runs
                     .iter()
-                    .flat_map(|r| r.positions.iter().map(move |&j| (r.sample * completion_len + j) as i64))
+                    .flat_map(|r| {
+                        r.positions
+                            .iter()
+                            .map(move |&j| (r.sample * completion_len + j) as i64)
+                    })
                     .collect();
                 hidden.select(0, index(hidden_rows))
             };

@@ -1,0 +1,165 @@
+//! Parity of the whole PaDT training forward (prototypes, extended embeddings, masked logits,
+//! decoder features and outputs) with the padt-tiny goldens, warm-up off and on. Tolerances from
+//! the golden README: forward tensors rel 1e-5 of the tensor's max |value|, logits abs 1e-4.
+//! Rows at padded positions are not compared (they influence nothing, as the README says).
+
+mod common;
+
+use common::*;
+use padt_model::padt::{vrt_runs, PadtModel, PadtTrainInput, PadtTrainOutput};
+use padt_model::weights::LoadOptions;
+
+const REL: f32 = 1e-5;
+const LOGITS_ABS: f32 = 1e-4;
+const EOS: i64 = 482;
+
+fn load() -> PadtModel<B> {
+    let (model, report) = PadtModel::<B>::from_pretrained(
+        golden_dir().join("checkpoint"),
+        &LoadOptions::default(),
+        &Default::default(),
+    )
+    .expect("padt-tiny loads as a PaDT model");
+    assert!(report.missing.is_empty() && report.unused.is_empty());
+    model
+}
+
+fn rows(g: &Golden) -> Vec<Vec<i64>> {
+    g.i64.chunks(g.shape[1]).map(<[i64]>::to_vec).collect()
+}
+
+fn train_input(warmup: bool) -> PadtTrainInput<B> {
+    let b = "batch.safetensors";
+    PadtTrainInput {
+        input_ids: rows(&read(b, "input_ids")),
+        attention_mask: rows(&read(b, "attention_mask"))
+            .into_iter()
+            .map(|r| r.into_iter().map(|m| m != 0).collect())
+            .collect(),
+        prompt_len: read(b, "prompt_length").i64[0] as usize,
+        pixel_values: tensor::<2>(&read(b, "pixel_values")),
+        image_grid_thw: read(b, "image_grid_thw")
+            .i64
+            .chunks(3)
+            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+            .collect(),
+        warmup,
+    }
+}
+
+fn run(warmup: bool) -> PadtTrainOutput<B> {
+    load().forward_train(&train_input(warmup), EOS).unwrap()
+}
+
+fn check(name: &str, got: Vec<f32>, key: &str) {
+    let want = read("outputs.safetensors", key);
+    assert_close_rows(name, &got, &want.f32, 1, |_| true, REL);
+}
+
+#[test]
+fn prototypes_and_masked_logits_match_golden() {
+    let out = run(false);
+    check("prototypes", to_vec(out.prototypes).1, "proto.prototypes");
+    let (shape, logits) = to_vec(out.logits);
+    let want = read("outputs.safetensors", "loss.logits_masked");
+    assert_eq!(shape, want.shape);
+    let mask = read("batch.safetensors", "completion_mask").i64;
+    let width = shape[2];
+    let mut worst = 0f32;
+    for (i, (g, w)) in logits.iter().zip(&want.f32).enumerate() {
+        if mask[i / width] == 0 {
+            continue;
+        }
+        if w.is_infinite() {
+            assert_eq!(g, w, "logit {i}: the per-image mask must give -inf");
+        } else {
+            worst = worst.max((g - w).abs());
+        }
+    }
+    eprintln!("logits: max abs diff {worst:.3e}");
+    assert!(worst <= LOGITS_ABS, "logits differ by {worst}");
+}
+
+fn decoder_matches(prefix: &str, warmup: bool) {
+    let out = run(warmup);
+    assert!(out.has_objects);
+    let (feats, lens) = out.decoder_feats.unwrap();
+    let want_lens: Vec<usize> = read("outputs.safetensors", &format!("{prefix}.dec.feats_len"))
+        .i64
+        .iter()
+        .map(|&k| k as usize)
+        .collect();
+    assert_eq!(lens, want_lens);
+    check(
+        &format!("{prefix} feats"),
+        to_vec(feats).1,
+        &format!("{prefix}.dec.feats"),
+    );
+    check(
+        &format!("{prefix} pred_boxes"),
+        to_vec(out.decoder.pred_boxes).1,
+        &format!("{prefix}.dec.pred_boxes"),
+    );
+    check(
+        &format!("{prefix} pred_score"),
+        to_vec(out.decoder.pred_score).1,
+        &format!("{prefix}.dec.pred_score"),
+    );
+    check(
+        &format!("{prefix} pred_mask"),
+        to_vec(out.decoder.pred_mask.unwrap()).1,
+        &format!("{prefix}.dec.pred_mask"),
+    );
+}
+
+#[test]
+fn decoder_path_matches_golden_warmup_off() {
+    decoder_matches("off", false);
+}
+
+#[test]
+fn decoder_path_matches_golden_warmup_on() {
+    decoder_matches("on", true);
+}
+
+#[test]
+fn vrt_runs_split_objects_and_stop_at_eos() {
+    let v = 100;
+    let a: &[i64] = &[5, 101, 102, 7, 103, 103, 8, EOS, 104];
+    let b: &[i64] = &[110, 111];
+    let runs = vrt_runs(&[a, b], v, EOS);
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0].positions, vec![1, 2]);
+    assert_eq!(runs[1].prototype_rows, vec![3, 3]);
+    assert_eq!((runs[2].sample, runs[2].positions.clone()), (1, vec![0, 1]));
+}
+
+#[test]
+fn batch_without_objects_runs_the_dummy_decoder() {
+    let model = load();
+    let mut input = train_input(false);
+    // Replace every VRT of the completions by a plain text token.
+    for row in &mut input.input_ids {
+        for id in row.iter_mut() {
+            if *id >= 1024 {
+                *id = 13;
+            }
+        }
+    }
+    let out = model.forward_train(&input, EOS).unwrap();
+    assert!(!out.has_objects);
+    assert_eq!(out.decoder.pred_boxes.dims(), [1, 4]);
+}
+
+#[test]
+fn ids_outside_the_extended_vocabulary_are_clear_errors() {
+    let model = load();
+    let mut input = train_input(false);
+    input.input_ids[1][100] = 1024 + 43;
+    let err = model.forward_train(&input, EOS).unwrap_err().to_string();
+    assert!(err.contains("1067"), "{err}");
+    let mut input = train_input(false);
+    input.image_grid_thw.pop();
+    let err = model.forward_train(&input, EOS).unwrap_err().to_string();
+    assert!(err.contains("one image per sample"), "{err}");
+}
