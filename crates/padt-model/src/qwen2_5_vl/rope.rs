@@ -308,3 +308,62 @@ pub fn mrope_tables<B: Backend>(
         Tensor::from_data(TensorData::new(sin, shape), device),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKENS: RopeTokens = RopeTokens {
+        image_token_id: 9,
+        vision_start_token_id: 8,
+        spatial_merge_size: 2,
+    };
+
+    #[test]
+    fn border_windows_are_smaller() {
+        // 5x3 merged tokens, windows of 2x2 merged tokens.
+        let layout = window_layout(&[[1, 10, 6]], 2, 2);
+        assert_eq!(
+            layout.window_index,
+            vec![0, 1, 3, 4, 2, 5, 6, 7, 9, 10, 8, 11, 12, 13, 14]
+        );
+        assert_eq!(layout.cu_window_seqlens, vec![0, 16, 24, 40, 48, 56, 60]);
+        assert_eq!(layout.cu_seqlens, vec![0, 60]);
+        // A second image continues the indices.
+        let two = window_layout(&[[1, 4, 4], [1, 10, 6]], 2, 2);
+        assert_eq!(two.window_index[..4], [0, 1, 2, 3]);
+        assert_eq!(two.window_index[4..8], [4, 5, 7, 8]);
+        assert_eq!(two.cu_seqlens, vec![0, 16, 76]);
+    }
+
+    #[test]
+    fn rope_index_with_left_padding_and_text_after_the_image() {
+        // pad pad | a b <vs> 6 image tokens (2x3 merged) <ve> c d
+        let ids = vec![0, 0, 1, 2, 8, 9, 9, 9, 9, 9, 9, 3, 4, 5];
+        let mask: Vec<bool> = (0..14).map(|i| i >= 2).collect();
+        let out = get_rope_index(&[ids], &[mask], &[[1, 4, 6]], TOKENS).unwrap();
+        let [t, h, w] = &out.position_ids;
+        assert_eq!(t[0], vec![1, 1, 0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7, 8]);
+        assert_eq!(h[0], vec![1, 1, 0, 1, 2, 3, 3, 3, 4, 4, 4, 6, 7, 8]);
+        assert_eq!(w[0], vec![1, 1, 0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(out.rope_deltas, vec![9 - 14]);
+    }
+
+    #[test]
+    fn rope_index_consumes_grids_in_order_across_samples() {
+        // sample 0: two images (1 and 4 merged tokens), sample 1: text only.
+        let s0 = vec![8, 9, 1, 8, 9, 9, 9, 9, 2];
+        let s1 = vec![1, 2, 3, 4, 5, 6, 7, 1, 1];
+        let mask = vec![vec![true; 9]; 2];
+        let out = get_rope_index(&[s0, s1], &mask, &[[1, 2, 2], [1, 4, 4]], TOKENS).unwrap();
+        let [t, h, w] = &out.position_ids;
+        assert_eq!(t[0], vec![0, 1, 2, 3, 4, 4, 4, 4, 6]);
+        assert_eq!(h[0], vec![0, 1, 2, 3, 4, 4, 5, 5, 6]);
+        assert_eq!(w[0], vec![0, 1, 2, 3, 4, 5, 4, 5, 6]);
+        assert_eq!(t[1], (0..9).collect::<Vec<i64>>());
+        assert_eq!(out.rope_deltas, vec![7 - 9, 0]);
+        // Too few grids is an error, not a panic.
+        let err = get_rope_index(&[vec![8, 9]], &[vec![true; 2]], &[], TOKENS).unwrap_err();
+        assert!(err.to_string().contains("more images"), "{err}");
+    }
+}
