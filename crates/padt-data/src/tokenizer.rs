@@ -163,15 +163,26 @@ fn shorten(text: &str) -> String {
 impl PadtTokenizer {
     /// Loads `dir/tokenizer.json` and `dir/tokenizer_config.json` (and `dir/chat_template.json`
     /// when present), pads to `embed_size` rows and adds `vrt_count` VRT tokens.
+    /// A `chat_template.jinja` file (newer transformers save the template that way) wins over
+    /// both JSON files.
     pub fn from_dir(dir: &Path, embed_size: u32, vrt_count: u32) -> Result<Self, TokenizerError> {
         let chat = dir.join("chat_template.json");
-        Self::from_files(
+        let mut tok = Self::from_files(
             &dir.join("tokenizer.json"),
             &dir.join("tokenizer_config.json"),
             chat.is_file().then_some(chat.as_path()),
             embed_size,
             vrt_count,
-        )
+        )?;
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.is_file() {
+            let text = std::fs::read_to_string(&jinja).map_err(|source| TokenizerError::Io {
+                path: jinja,
+                source,
+            })?;
+            tok.chat_template = Some(text);
+        }
+        Ok(tok)
     }
 
     /// Like [`Self::from_dir`] with explicit file paths.

@@ -326,9 +326,24 @@ fn bad_samples_are_named_errors() {
     let (mut record, picks) = records(&json).remove(0);
     record.id = 79;
     record.prompt.push_str(" <|VRT_9999|>");
-    let err = enc.prepare(&record, image, picks).unwrap_err().to_string();
+    let err = enc
+        .prepare(&record, image.clone(), picks)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("record 79") && err.contains("<|VRT_9999|>"),
+        "{err}"
+    );
+    // A literal image placeholder in the prompt would add a second image slot.
+    let (mut record, picks) = records(&json).remove(0);
+    record.id = 80;
+    record.prompt.push_str("<|image_pad|>");
+    let err = enc
+        .prepare(&record, image.clone(), picks)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("record 80") && err.contains("image_pad"),
         "{err}"
     );
     // A corrupt image names the record.
@@ -384,4 +399,12 @@ fn drawn_picks_are_reproducible_per_sample() {
         other.iter().any(|ids| *ids != a.completion_ids),
         "epochs must vary the picks"
     );
+}
+
+#[test]
+fn encoder_and_batches_can_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SampleEncoder>();
+    assert_send_sync::<Batch>();
+    assert_send_sync::<padt_data::batch::PreparedSample>();
 }
