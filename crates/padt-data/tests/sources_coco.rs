@@ -350,6 +350,9 @@ fn bad_annotations_are_counted_skips() {
               {{"id": 12, "image_id": 1, "category_id": 7, "segmentation": [[0, 0, 28, 0, 28, 28]], "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
               {{"id": 13, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 28]], "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
               {{"id": 14, "image_id": 1, "category_id": 3, "segmentation": [], "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
+              {{"id": 16, "image_id": 1, "category_id": 3, "segmentation": "abc", "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
+              {{"id": 17, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 28, "x", 28, 28]], "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
+              {{"id": 18, "image_id": 1, "category_id": 3, "segmentation": {{"counts": 5, "size": [56, 56]}}, "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}},
               {{"id": 15, "image_id": 2, "category_id": 3, "segmentation": [[0, 0, 28, 0, 28, 28]], "area": 1.0, "bbox": [0, 0, 1, 1], "iscrowd": 0}}
             ],
             "categories": {CATS}}}"#
@@ -359,9 +362,10 @@ fn bad_annotations_are_counted_skips() {
     let c = |k: &str| out.counts.get(k).copied().unwrap_or(0);
     assert_eq!(c("annotations_skipped_unknown_image"), 1);
     assert_eq!(c("annotations_skipped_unknown_category"), 1);
+    // Odd polygon, empty list, string, non-number coordinate, RLE with bad counts.
     assert_eq!(
         c("objects_skipped_invalid_segmentation"),
-        2,
+        5,
         "{:?}",
         out.counts
     );

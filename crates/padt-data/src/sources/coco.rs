@@ -28,6 +28,7 @@ use crate::patches::{foreground_patches, grid_for, PatchRule};
 use crate::record::{ImageData, Record, RecordObject, RleJson, SourceItem, SourceOutput, Task};
 use crate::sources::error::SourceError;
 use numpy_rng::LegacyRandomState;
+use padt_core::segmentation::polygons_to_rle;
 use padt_core::{MaskError, Rle, Segmentation};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -400,12 +401,110 @@ pub fn padt_bbox(b: [f64; 4], width: u32, height: u32, gw: u32, gh: u32) -> [f64
 /// `annToRLE` of a COCO segmentation at `height x width`, in the canonical form
 /// `cocomask.encode(annToMask(ann))` has (no empty runs except the leading 0-run).
 pub(crate) fn annotation_rle(
-    segmentation: &serde_json::Value,
+    segmentation: &SegmentationField,
     height: u32,
     width: u32,
 ) -> Result<Rle, MaskError> {
-    let rle = Segmentation::from_json(segmentation)?.to_rle(height, width)?;
+    let rle = match segmentation {
+        SegmentationField::Polygons(polys) => polygons_to_rle(polys, height, width)?,
+        SegmentationField::Other(value) => Segmentation::from_json(value)?.to_rle(height, width)?,
+        SegmentationField::Invalid(what) => return Err(MaskError::Unsupported(what.clone())),
+    };
     Ok(canonical_rle(rle))
+}
+
+/// A COCO `segmentation` as read from the file. Polygon lists (nearly every annotation) are
+/// stored as numbers, not as `serde_json::Value`s (a tenth of the memory on COCO train); RLE
+/// dicts keep their JSON; a value of any other shape is kept as an error message, so that one
+/// bad annotation is a counted skip rather than a file error.
+#[derive(Debug, Clone)]
+pub(crate) enum SegmentationField {
+    /// `[[x0, y0, x1, y1, ...], ...]`.
+    Polygons(Vec<Vec<f64>>),
+    /// An RLE dict (or anything else `padt_core::Segmentation::from_json` judges).
+    Other(serde_json::Value),
+    /// Not a segmentation pycocotools accepts.
+    Invalid(String),
+}
+
+impl<'de> Deserialize<'de> for SegmentationField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> serde::de::Visitor<'de> for FieldVisitor {
+            type Value = SegmentationField;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a COCO segmentation (list of polygons or RLE dict)")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut polys = Vec::new();
+                let mut invalid = None;
+                // One polygon at a time as a JSON value, converted right away.
+                while let Some(part) = seq.next_element::<serde_json::Value>()? {
+                    let coords = part
+                        .as_array()
+                        .and_then(|a| a.iter().map(serde_json::Value::as_f64).collect());
+                    match coords {
+                        Some(coords) => polys.push(coords),
+                        None => {
+                            invalid.get_or_insert_with(|| {
+                                format!("polygon #{} is not a list of numbers", polys.len())
+                            });
+                        }
+                    }
+                }
+                Ok(match invalid {
+                    Some(what) => SegmentationField::Invalid(what),
+                    None => SegmentationField::Polygons(polys),
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let value = serde_json::Value::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(SegmentationField::Other(value))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(SegmentationField::Invalid(
+                    "segmentation is a boolean".into(),
+                ))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(SegmentationField::Invalid(
+                    "segmentation is a number".into(),
+                ))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(SegmentationField::Invalid(
+                    "segmentation is a number".into(),
+                ))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(SegmentationField::Invalid(
+                    "segmentation is a number".into(),
+                ))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(SegmentationField::Invalid(
+                    "segmentation is a string".into(),
+                ))
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor)
+    }
 }
 
 /// `encode(decode(rle))` without the dense mask: drops empty runs (uncompressed crowd RLEs and
@@ -498,7 +597,7 @@ pub(crate) struct CocoAnnotation {
     pub image_id: i64,
     pub category_id: i64,
     #[serde(default)]
-    pub segmentation: Option<serde_json::Value>,
+    pub segmentation: Option<SegmentationField>,
     pub area: serde_json::Number,
     pub bbox: [f64; 4],
     pub iscrowd: i64,

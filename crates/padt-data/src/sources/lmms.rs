@@ -396,7 +396,7 @@ fn row_records(row: &LmmsRow) -> RowOutcome {
     let Some((width, height)) = image_header_size(&row.image_bytes) else {
         return RowOutcome::Skipped("rows_skipped_corrupt_image", n_expr);
     };
-    if row.segmentation.len() < 6 || row.segmentation.len() % 2 != 0 {
+    if row.segmentation.len() < 6 || !row.segmentation.len().is_multiple_of(2) {
         return RowOutcome::Skipped("rows_skipped_invalid_segmentation", n_expr);
     }
     let Ok(rle) = Rle::from_polygon(&row.segmentation, height, width) else {

@@ -15,7 +15,7 @@
 use crate::patches::{foreground_patches, PatchRule};
 use crate::record::{ImageData, Record, RecordObject, SourceItem, SourceOutput, Task};
 use crate::sources::coco::cpython_set::cpython_set_order;
-use crate::sources::coco::{annotation_rle, padt_grid, rle_json};
+use crate::sources::coco::{annotation_rle, padt_grid, rle_json, SegmentationField};
 use crate::sources::error::SourceError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -291,7 +291,7 @@ struct ReferImage {
 struct ReferAnnotation {
     id: i64,
     #[serde(default)]
-    segmentation: Option<serde_json::Value>,
+    segmentation: Option<SegmentationField>,
     area: serde_json::Number,
     bbox: [f64; 4],
     #[serde(default)]
