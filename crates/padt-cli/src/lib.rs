@@ -1,1 +1,4 @@
-//! padt-cli
+//! padt-cli: the command-line tools. The binaries in `src/bin/` are thin wrappers over these
+//! modules.
+
+pub mod preprocess;

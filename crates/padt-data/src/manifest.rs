@@ -165,10 +165,12 @@ impl Manifest {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        manifest.validate().map_err(|message| ManifestError::Invalid {
-            path: path.clone(),
-            message,
-        })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
         Ok(manifest)
     }
 

@@ -85,12 +85,14 @@ impl StoredRecord {
     pub fn image_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, ShardError> {
         match &self.image {
             StoredImage::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
-            StoredImage::Path(p) => std::fs::read(p)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|source| ShardError::Io {
-                    path: p.clone(),
-                    source,
-                }),
+            StoredImage::Path(p) => {
+                std::fs::read(p)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|source| ShardError::Io {
+                        path: p.clone(),
+                        source,
+                    })
+            }
         }
     }
 }
@@ -529,8 +531,7 @@ pub fn dataframe_to_meta(df: &DataFrame, path: &Path) -> Result<Vec<RecordMeta>,
     let prompt_a = cols.array("prompt")?;
     let prompt = downcast::<Utf8ViewArray>(prompt_a.as_ref(), path, "prompt", "string")?;
     let answer_a = cols.array("answer_template")?;
-    let answer =
-        downcast::<Utf8ViewArray>(answer_a.as_ref(), path, "answer_template", "string")?;
+    let answer = downcast::<Utf8ViewArray>(answer_a.as_ref(), path, "answer_template", "string")?;
     let task_a = cols.array("task")?;
     let task = downcast::<Utf8ViewArray>(task_a.as_ref(), path, "task", "string")?;
     let width_a = cols.array("width")?;
@@ -540,12 +541,7 @@ pub fn dataframe_to_meta(df: &DataFrame, path: &Path) -> Result<Vec<RecordMeta>,
 
     let objects_a = cols.array("objects")?;
     let objects = downcast::<ListArray<i64>>(objects_a.as_ref(), path, "objects", "list<struct>")?;
-    let obj = downcast::<StructArray>(
-        objects.values().as_ref(),
-        path,
-        "objects",
-        "list<struct>",
-    )?;
+    let obj = downcast::<StructArray>(objects.values().as_ref(), path, "objects", "list<struct>")?;
     let (patches_l, patches_v) = list_parts::<u32>(
         struct_field(obj, "patches", path)?,
         path,
@@ -626,7 +622,11 @@ pub fn dataframe_to_meta(df: &DataFrame, path: &Path) -> Result<Vec<RecordMeta>,
             let bbox: [f64; 4] = bbox.try_into().map_err(|_| {
                 row_err(
                     row,
-                    format!("object {}: bbox has {} values, not 4", k - o_start, bbox.len()),
+                    format!(
+                        "object {}: bbox has {} values, not 4",
+                        k - o_start,
+                        bbox.len()
+                    ),
                 )
             })?;
             let rle = if rle_size_l.is_valid(k) && rle_counts.is_valid(k) {
@@ -1312,7 +1312,9 @@ impl ShardDataset {
         .map(|s| s.to_string())
         .collect();
         let df = parquet_read(&path, move || {
-            ParquetReader::new(file).with_columns(Some(columns)).finish()
+            ParquetReader::new(file)
+                .with_columns(Some(columns))
+                .finish()
         })?;
         dataframe_to_meta(&df, &path)
     }

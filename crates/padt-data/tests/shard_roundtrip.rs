@@ -2,9 +2,7 @@
 //! truncated / modified / incomplete shards and unusable output folders.
 
 use padt_data::manifest::{ImageMode, Manifest, SourceInfo, MANIFEST_FILE};
-use padt_data::record::{
-    DropCounts, ImageData, Record, RecordObject, RleJson, SourceItem, Task,
-};
+use padt_data::record::{DropCounts, ImageData, Record, RecordObject, RleJson, SourceItem, Task};
 use padt_data::shard::{
     read_shard_file, write_dataset, ShardDataset, ShardError, StoredImage, WriteOptions,
     WriteProgress,
@@ -103,14 +101,23 @@ fn embedded_round_trip_is_exact_and_random_access_works() {
     let items = bytes_items();
     let mut counts = DropCounts::new();
     counts.insert("objects_dropped_no_patch".into(), 3);
-    let m = write_dataset(dir.path(), &items, &counts, &options(ImageMode::Embedded, 3), &no_progress)
-        .unwrap();
+    let m = write_dataset(
+        dir.path(),
+        &items,
+        &counts,
+        &options(ImageMode::Embedded, 3),
+        &no_progress,
+    )
+    .unwrap();
     assert_eq!(m.shards.len(), 3);
     assert_eq!(m.total_records, 7);
     assert_eq!(m.source_records, 7);
     assert_eq!(m.task, "mixed");
     assert_eq!(m.drop_counts["objects_dropped_no_patch"], 3);
-    assert_eq!(m.shards.iter().map(|s| s.records).collect::<Vec<_>>(), vec![3, 3, 1]);
+    assert_eq!(
+        m.shards.iter().map(|s| s.records).collect::<Vec<_>>(),
+        vec![3, 3, 1]
+    );
     assert!(!dir.path().join("manifest.partial.json").exists());
     assert_eq!(Manifest::read(dir.path()).unwrap(), m);
 
@@ -124,7 +131,10 @@ fn embedded_round_trip_is_exact_and_random_access_works() {
         let got = ds.get(i as u64).unwrap();
         assert_eq!(&got, stored);
     }
-    assert!(matches!(ds.get(7), Err(ShardError::OutOfRange { index: 7, len: 7 })));
+    assert!(matches!(
+        ds.get(7),
+        Err(ShardError::OutOfRange { index: 7, len: 7 })
+    ));
     assert_eq!(ds.locate(4).unwrap(), (1, 1));
 }
 
@@ -132,13 +142,22 @@ fn embedded_round_trip_is_exact_and_random_access_works() {
 fn reference_mode_stores_paths() {
     let dir = tempfile::tempdir().unwrap();
     let items = items(|i| ImageData::File(PathBuf::from(format!("/data/coco/img{i}.jpg"))));
-    write_dataset(dir.path(), &items, &DropCounts::new(), &options(ImageMode::Reference, 4), &no_progress)
-        .unwrap();
+    write_dataset(
+        dir.path(),
+        &items,
+        &DropCounts::new(),
+        &options(ImageMode::Reference, 4),
+        &no_progress,
+    )
+    .unwrap();
     let ds = ShardDataset::open(dir.path()).unwrap();
     assert_eq!(ds.manifest().image_mode, ImageMode::Reference);
     for (i, stored) in ds.iter().enumerate() {
         let stored = stored.unwrap();
-        assert_eq!(stored.image, StoredImage::Path(format!("/data/coco/img{i}.jpg").into()));
+        assert_eq!(
+            stored.image,
+            StoredImage::Path(format!("/data/coco/img{i}.jpg").into())
+        );
         assert_bits_equal(&stored.record, &items[i].record);
     }
 }
@@ -179,7 +198,8 @@ fn embedded_mode_reads_files_and_counts_missing_images() {
 #[test]
 fn header_check_skips_corrupt_and_mismatched_images() {
     let dir = tempfile::tempdir().unwrap();
-    let jpeg = std::fs::read(fixtures().join("raw/coco/images/train2017/000000037777.jpg")).unwrap();
+    let jpeg =
+        std::fs::read(fixtures().join("raw/coco/images/train2017/000000037777.jpg")).unwrap();
     let mut items = bytes_items();
     items.truncate(3);
     items[0].image = ImageData::Bytes(jpeg.clone());
@@ -219,12 +239,22 @@ fn rerun_keeps_finished_shards_and_rewrites_changed_or_damaged_ones() {
     std::fs::remove_file(dir.path().join("shard-00001.parquet")).unwrap();
     let p2 = dir.path().join("shard-00002.parquet");
     let len = std::fs::metadata(&p2).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p2).unwrap().set_len(len - 5).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p2)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
     let partial = serde_json::json!({
         "finished": first.shards.iter().enumerate().map(|(k, s)| (k.to_string(), serde_json::to_value(s).unwrap())).collect::<serde_json::Map<_, _>>()
     });
-    std::fs::write(dir.path().join("manifest.partial.json"), partial.to_string()).unwrap();
-    let resumed_run = write_dataset(dir.path(), &items, &DropCounts::new(), &opts, &progress).unwrap();
+    std::fs::write(
+        dir.path().join("manifest.partial.json"),
+        partial.to_string(),
+    )
+    .unwrap();
+    let resumed_run =
+        write_dataset(dir.path(), &items, &DropCounts::new(), &opts, &progress).unwrap();
     assert_eq!(resumed.load(Ordering::SeqCst), 2);
     assert_eq!(resumed_run, first);
 
@@ -245,8 +275,14 @@ fn rerun_keeps_finished_shards_and_rewrites_changed_or_damaged_ones() {
 #[test]
 fn damaged_shards_give_errors_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    write_dataset(dir.path(), &bytes_items(), &DropCounts::new(), &options(ImageMode::Embedded, 4), &no_progress)
-        .unwrap();
+    write_dataset(
+        dir.path(),
+        &bytes_items(),
+        &DropCounts::new(),
+        &options(ImageMode::Embedded, 4),
+        &no_progress,
+    )
+    .unwrap();
     let p0 = dir.path().join("shard-00000.parquet");
     let original = std::fs::read(&p0).unwrap();
 
@@ -294,7 +330,9 @@ fn missing_column_is_named() {
     let mut df = padt_data::shard::records_to_dataframe(&refs);
     let _ = df.drop_in_place("prompt").unwrap();
     let path = dir.path().join("bad.parquet");
-    ParquetWriter::new(std::fs::File::create(&path).unwrap()).finish(&mut df).unwrap();
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
     let err = read_shard_file(&path).unwrap_err();
     assert!(
         matches!(&err, ShardError::Column { column, .. } if column == "prompt"),
@@ -309,8 +347,14 @@ fn unwritable_output_folder_is_named() {
     let file = dir.path().join("a_file");
     std::fs::write(&file, b"x").unwrap();
     let out = file.join("out");
-    let err = write_dataset(&out, &bytes_items(), &DropCounts::new(), &options(ImageMode::Embedded, 4), &no_progress)
-        .unwrap_err();
+    let err = write_dataset(
+        &out,
+        &bytes_items(),
+        &DropCounts::new(),
+        &options(ImageMode::Embedded, 4),
+        &no_progress,
+    )
+    .unwrap_err();
     assert!(matches!(err, ShardError::Unwritable { .. }), "{err}");
     assert!(err.to_string().contains("a_file/out"), "{err}");
 }
@@ -318,8 +362,14 @@ fn unwritable_output_folder_is_named() {
 #[test]
 fn empty_source_gives_an_empty_dataset() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write_dataset(dir.path(), &[], &DropCounts::new(), &options(ImageMode::Embedded, 4), &no_progress)
-        .unwrap();
+    let m = write_dataset(
+        dir.path(),
+        &[],
+        &DropCounts::new(),
+        &options(ImageMode::Embedded, 4),
+        &no_progress,
+    )
+    .unwrap();
     assert_eq!(m.total_records, 0);
     assert!(m.shards.is_empty());
     let ds = ShardDataset::open(dir.path()).unwrap();
