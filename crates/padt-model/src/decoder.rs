@@ -51,12 +51,37 @@ pub struct PadtDecoderConfig {
     /// Whether the mask branch exists (`use_mask_loss`).
     #[serde(default = "default_true")]
     pub use_mask_loss: bool,
+    /// Order of the high-res features and PE the decoder receives (padt-reference.md §8.1).
+    /// Not a PaDT key: it is never written to `config.json` while it has its default.
+    #[serde(default, skip_serializing_if = "HighResOrder::is_reference")]
+    pub high_res_order: HighResOrder,
     /// Kept for round-tripping PaDT's config (`flash_attention_2`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_implementation: Option<String>,
     /// Kept for round-tripping PaDT's config (`PaDTDecoder`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// How high-res tokens are ordered, paired with merged tokens and placed in the mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HighResOrder {
+    /// PaDT's behaviour (bit-compatible with released checkpoints): the ViT's window-permuted
+    /// order; merged token i is paired with high-res group i and high-res token j is placed at
+    /// cell `(j / gw, j % gw)`, whatever the window layout.
+    #[default]
+    Reference,
+    /// The corrected behaviour: features and PE in processor order (merged tokens raster, each
+    /// followed by its 2×2 sub-patches), so the pairing is right, and sub-patch `s` of merged
+    /// token `m` is placed at its true cell `(2·(m / (gw/2)) + s/2, 2·(m % (gw/2)) + s%2)`.
+    Raster,
+}
+
+impl HighResOrder {
+    fn is_reference(&self) -> bool {
+        *self == HighResOrder::Reference
+    }
 }
 
 fn default_merge() -> usize {
@@ -77,6 +102,7 @@ impl PadtDecoderConfig {
             llm_hidden_state: llm_hidden,
             spatial_merge_size: 2,
             use_mask_loss: true,
+            high_res_order: HighResOrder::Reference,
             attn_implementation: Some("flash_attention_2".into()),
             name: Some("PaDTDecoder".into()),
         }
@@ -447,6 +473,8 @@ pub struct PadtDecoder<B: Backend> {
     pub mask_output_upscaling2: Option<Upscaling2<B>>,
     pub mask_output_mlp: Option<Mlp3<B>>,
     pub spatial_merge_size: usize,
+    /// [`HighResOrder::Raster`] placement of the mask blocks.
+    pub raster_high_res: bool,
 }
 
 /// Decoder inputs for a batch, objects flattened over the samples.
@@ -514,6 +542,16 @@ impl<B: Backend> PadtDecoder<B> {
             }),
             mask_output_mlp: mask.then(|| Mlp3::new(d, d / 16, device)),
             spatial_merge_size: config.spatial_merge_size,
+            raster_high_res: config.high_res_order == HighResOrder::Raster,
+        }
+    }
+
+    /// The order in which [`Self::forward`] expects the high-res features and PE.
+    pub fn high_res_order(&self) -> HighResOrder {
+        if self.raster_high_res {
+            HighResOrder::Raster
+        } else {
+            HighResOrder::Reference
         }
     }
 
@@ -677,6 +715,7 @@ impl<B: Backend> PadtDecoder<B> {
                     mask_vec,
                     &cu_hi,
                     &mask_valid_hw,
+                    self.raster_high_res.then_some(self.spatial_merge_size),
                 ))
             }
             _ => None,
@@ -727,7 +766,9 @@ fn check_rows<B: Backend>(what: &str, t: &Tensor<B, 2>, expected: usize) -> Resu
 }
 
 /// Mask logits: each high-res token yields a 4×4 block of 80-d (D/16) embeddings, dotted with
-/// its object's mask vector; token j of an object goes to block `(j / gw, j % gw)`.
+/// its object's mask vector; token j of an object goes to block `(j / gw, j % gw)`, or, with
+/// `grouped = Some(merge)` (processor order), sub-patch `s` of merged token `m` goes to its true
+/// cell.
 ///
 /// # Shapes
 /// - `high_memory`: `[Σ_o Nh_o, d]`; `mask_vec`: `[n_obj, d/16]`
@@ -739,6 +780,7 @@ fn mask_logits<B: Backend>(
     mask_vec: Tensor<B, 2>,
     cu_hi: &[usize],
     valid_hw: &[(usize, usize)],
+    grouped: Option<usize>,
 ) -> Tensor<B, 3> {
     let [n, d] = high_memory.dims();
     let e = d / 16;
@@ -756,8 +798,8 @@ fn mask_logits<B: Backend>(
         let rows = cu_hi[o + 1] - cu_hi[o];
         let obj_emb = emb.clone().narrow(0, cu_hi[o], rows); // [gh*gw, 4, 4, e]
         let vec = mask_vec.clone().narrow(0, o, 1).reshape([1, 1, 1, e]);
-        let logits = (obj_emb * vec).sum_dim(3).reshape([gh, gw, 4, 4]);
-        let map = logits.permute([0, 2, 1, 3]).reshape([4 * gh, 4 * gw]);
+        let logits = (obj_emb * vec).sum_dim(3).reshape([rows, 4, 4]);
+        let map = place_mask_blocks(logits, gh, gw, grouped);
         let map = if gh == max_h && gw == max_w {
             map
         } else {
@@ -766,6 +808,32 @@ fn mask_logits<B: Backend>(
         maps.push(map.unsqueeze_dim::<3>(0));
     }
     Tensor::cat(maps, 0)
+}
+
+/// Places the 4×4 mask-logit block of each high-res token of one object on its
+/// `(4·gh) × (4·gw)` map: token j at block `(j / gw, j % gw)` (PaDT), or, with
+/// `grouped = Some(merge)` (tokens in processor order), sub-patch `s` of merged token `m` at
+/// block `(merge·(m / (gw/merge)) + s / merge, merge·(m % (gw/merge)) + s % merge)`.
+///
+/// # Shapes
+/// - `blocks`: `[gh·gw, 4, 4]` → `[4·gh, 4·gw]`
+pub fn place_mask_blocks<B: Backend>(
+    blocks: Tensor<B, 3>,
+    gh: usize,
+    gw: usize,
+    grouped: Option<usize>,
+) -> Tensor<B, 2> {
+    match grouped {
+        None => blocks
+            .reshape([gh, gw, 4, 4])
+            .permute([0, 2, 1, 3])
+            .reshape([4 * gh, 4 * gw]),
+        // [merged row, merged col, sub row, sub col, pixel row, pixel col]
+        Some(m) => blocks
+            .reshape([gh / m, gw / m, m, m, 4, 4])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([4 * gh, 4 * gw]),
+    }
 }
 
 /// Reads `vl_decoder` from a PaDT `config.json` value, filling `llm_hidden_state` from the

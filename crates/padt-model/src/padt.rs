@@ -18,8 +18,8 @@ use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use crate::decoder::{
-    decoder_config_from_model_config, DecoderInput, DecoderOutput, PadtDecoder, PadtDecoderConfig,
-    DECODER_KEY_RENAMES,
+    decoder_config_from_model_config, DecoderInput, DecoderOutput, HighResOrder, PadtDecoder,
+    PadtDecoderConfig, DECODER_KEY_RENAMES,
 };
 use crate::error::{ModelError, Result};
 use crate::layers::Linear;
@@ -358,6 +358,30 @@ impl<B: Backend> PadtModel<B> {
         Tensor::from_data(TensorData::new(mask, [grids.len(), width]), device)
     }
 
+    /// The decoder's high-res features and rotary `(cos, sin)`, in the order its
+    /// [`HighResOrder`] expects (the ViT's window order for the reference behaviour, processor
+    /// order for the corrected one).
+    ///
+    /// # Shapes
+    /// - returns `([ΣNh, hidden], [ΣNh, head_dim], [ΣNh, head_dim])`
+    pub fn decoder_image_inputs(
+        &self,
+        vision: &VisionOutput<B>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        match self.vl_decoder.high_res_order() {
+            HighResOrder::Reference => (
+                vision.high_res.clone(),
+                vision.rotary_cos.clone(),
+                vision.rotary_sin.clone(),
+            ),
+            HighResOrder::Raster => (
+                vision.to_processor_order(vision.high_res.clone()),
+                vision.to_processor_order(vision.rotary_cos.clone()),
+                vision.to_processor_order(vision.rotary_sin.clone()),
+            ),
+        }
+    }
+
     /// The training forward of `compute_loss`: vision tower, prototypes, extended embeddings,
     /// LLM, masked completion logits, and the decoder on the objects of the (ground-truth)
     /// completions.
@@ -461,14 +485,15 @@ impl<B: Backend> PadtModel<B> {
                 hidden.select(0, index(hidden_rows))
             };
             let feats_len: Vec<usize> = runs.iter().map(|r| r.positions.len()).collect();
+            let (high_res, pe_cos, pe_sin) = self.decoder_image_inputs(&vision);
             let decoder = self.vl_decoder.forward(DecoderInput {
                 object_feats: feats.clone(),
                 feats_len: feats_len.clone(),
                 object_image: runs.iter().map(|r| r.sample).collect(),
                 prototypes: prototypes.clone(),
-                high_res: vision.high_res.clone(),
-                pe_cos: vision.rotary_cos.clone(),
-                pe_sin: vision.rotary_sin.clone(),
+                high_res,
+                pe_cos,
+                pe_sin,
                 grids: input.image_grid_thw.clone(),
             })?;
             (decoder, true, Some((feats, feats_len)))

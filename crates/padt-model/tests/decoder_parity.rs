@@ -190,3 +190,30 @@ fn mask_branch_can_be_switched_off() {
     assert!(out.pred_mask.is_none());
     assert_eq!(out.pred_boxes.dims(), [3, 4]);
 }
+
+/// Where the block of high-res token j lands, for both placements: PaDT's raster-over-tokens
+/// and the corrected grouped placement (tokens in processor order).
+#[test]
+fn mask_blocks_are_placed_per_token_or_per_sub_patch() {
+    use burn::tensor::{Tensor, TensorData};
+    use padt_model::decoder::place_mask_blocks;
+    let (gh, gw) = (4usize, 6usize);
+    let n = gh * gw;
+    // Every value of token j's block is j.
+    let values: Vec<f32> = (0..n)
+        .flat_map(|j| std::iter::repeat(j as f32).take(16))
+        .collect();
+    let blocks = Tensor::<B, 3>::from_data(TensorData::new(values, [n, 4, 4]), &Default::default());
+    let cell = |map: &[f32], r: usize, c: usize| map[(4 * r) * (4 * gw) + 4 * c] as usize;
+    let reference = to_vec(place_mask_blocks(blocks.clone(), gh, gw, None)).1;
+    let grouped = to_vec(place_mask_blocks(blocks, gh, gw, Some(2))).1;
+    for r in 0..gh {
+        for c in 0..gw {
+            assert_eq!(cell(&reference, r, c), r * gw + c);
+            // Merged token (r/2, c/2) in raster order over the 3-wide merged grid, sub-patch
+            // (r%2, c%2) row-major.
+            let m = (r / 2) * (gw / 2) + c / 2;
+            assert_eq!(cell(&grouped, r, c), 4 * m + 2 * (r % 2) + c % 2);
+        }
+    }
+}
