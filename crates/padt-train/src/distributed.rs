@@ -1,0 +1,477 @@
+//! Data parallelism independent of the transport: which samples each rank gets, gradient
+//! averaging through an [`AllReduce`], identical step counts, and rank-0-only side effects.
+//!
+//! The reference runs 8 ranks under DeepSpeed; the global batch of a step (128 samples) is
+//! dealt to the ranks as accelerate does: the step's sample list is cut into per-device
+//! micro-batches, and micro-batch `k` goes to rank `k mod world` (so with one micro-batch per
+//! rank and step, rank `r` gets samples `[r·b, (r+1)·b)`). Every rank runs the same number of
+//! micro-batches and calls the all-reduce with buffers of the same layout, so no rank can wait
+//! forever on another (PaDT issues #16, #21).
+//!
+//! [`LocalGroup`] is the in-process transport (one thread per worker, CPU); NCCL comes later
+//! behind the `cuda` feature with the same trait.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+/// Failures of a collective.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DistributedError {
+    /// Another rank failed (panicked or returned an error) while this one waited.
+    #[error("rank {rank}: a peer rank failed during a collective; aborting")]
+    PeerFailed { rank: usize },
+    /// Ranks passed buffers of different lengths: their graphs differ.
+    #[error("rank {rank}: all-reduce buffer of {len} values, but rank 0 has {expected}; every rank must reduce the same tensors in the same order")]
+    LengthMismatch {
+        rank: usize,
+        len: usize,
+        expected: usize,
+    },
+    /// A collective did not complete in time.
+    #[error("rank {rank}: all-reduce timed out after {seconds} s waiting for peers")]
+    Timeout { rank: usize, seconds: u64 },
+}
+
+/// A collective over the ranks of a data-parallel group.
+pub trait AllReduce<B: Backend> {
+    /// This worker's rank.
+    fn rank(&self) -> usize;
+    /// Number of workers.
+    fn world_size(&self) -> usize;
+    /// Element-wise sum over ranks; every rank receives the same result (bit-identical).
+    fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, DistributedError>;
+    /// Element-wise sum of host scalars (losses, token counts, flags) over ranks.
+    fn all_reduce_sum_host(&self, values: Vec<f64>) -> Result<Vec<f64>, DistributedError>;
+}
+
+/// The data-parallel position of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankInfo {
+    /// Rank in `0..world_size`.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world_size: usize,
+}
+
+impl RankInfo {
+    /// Rank 0 writes checkpoints, metrics and plots.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Runs `f` on rank 0 only.
+    pub fn main_only<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        self.is_main().then(f)
+    }
+}
+
+/// The micro-batches of `rank` for one optimizer step.
+///
+/// `step_samples` holds the step's `world × per_device × accumulation` samples in sampler
+/// order; micro-batch `j` of `rank` is the `(j·world + rank)`-th chunk of `per_device`.
+pub fn rank_micro_batches<T: Clone>(
+    step_samples: &[T],
+    world_size: usize,
+    rank: usize,
+    per_device: usize,
+    accumulation: usize,
+) -> Vec<Vec<T>> {
+    assert_eq!(
+        step_samples.len(),
+        world_size * per_device * accumulation,
+        "a step holds world × per-device × accumulation samples"
+    );
+    (0..accumulation)
+        .map(|j| {
+            let chunk = j * world_size + rank;
+            step_samples[chunk * per_device..(chunk + 1) * per_device].to_vec()
+        })
+        .collect()
+}
+
+/// Optimizer steps of a run, the same on every rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Optimizer steps per epoch (`samples / global batch`; the remainder is dropped, like
+    /// the reference's `RepeatRandomSampler`).
+    pub steps_per_epoch: u64,
+    /// Steps of the whole run (`max_steps` if set, else epochs × steps per epoch).
+    pub total_steps: u64,
+}
+
+impl StepPlan {
+    /// The plan for `samples_per_epoch` samples (after repeats).
+    pub fn new(
+        samples_per_epoch: u64,
+        global_batch: usize,
+        epochs: usize,
+        max_steps: Option<u64>,
+    ) -> Self {
+        let steps_per_epoch = samples_per_epoch / global_batch.max(1) as u64;
+        StepPlan {
+            steps_per_epoch,
+            total_steps: max_steps.unwrap_or(steps_per_epoch * epochs as u64),
+        }
+    }
+
+    /// Fractional epochs completed after `step` optimizer steps (HF `state.epoch`).
+    pub fn epoch_at(&self, step: u64) -> f64 {
+        if self.steps_per_epoch == 0 {
+            0.0
+        } else {
+            step as f64 / self.steps_per_epoch as f64
+        }
+    }
+}
+
+/// Averages the gradients of `module` over the ranks of `comm`: every rank ends with the mean
+/// of all ranks' gradients (sum / world size, as DDP). All gradients travel in one flat f32
+/// buffer, in module order. A parameter with a gradient on some ranks only counts as zero on
+/// the others; one without a gradient on every rank stays without.
+pub fn average_gradients<B, M, C>(
+    module: &M,
+    grads: GradientsParams,
+    comm: &C,
+) -> Result<GradientsParams, DistributedError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    C: AllReduce<B::InnerBackend>,
+{
+    // 1. Which parameters have a gradient anywhere.
+    let mut lister = GradLister::<B> {
+        grads: &grads,
+        entries: Vec::new(),
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut lister);
+    let entries = lister.entries;
+    let present: Vec<f64> = entries
+        .iter()
+        .map(|e| f64::from(u8::from(e.has_grad)))
+        .collect();
+    let present = comm.all_reduce_sum_host(present)?;
+
+    // 2. One flat buffer with the gradients (zeros where this rank has none).
+    let mut pack = Packer::<B> {
+        grads,
+        wanted: entries
+            .iter()
+            .zip(&present)
+            .filter(|(_, &n)| n > 0.0)
+            .map(|(e, _)| e.id)
+            .collect(),
+        parts: Vec::new(),
+        device: None,
+    };
+    module.visit(&mut pack);
+    let Packer {
+        mut grads,
+        parts,
+        device,
+        ..
+    } = pack;
+    if device.is_none() {
+        return Ok(grads);
+    }
+    let flat = Tensor::cat(parts.into_iter().map(|(_, t)| t).collect(), 0);
+    let summed = comm.all_reduce_sum(flat)?;
+    let mean = summed.div_scalar(comm.world_size() as f32);
+
+    // 3. Unpack into gradients of the parameters' shapes.
+    let mut unpack = Unpacker::<B> {
+        grads: &mut grads,
+        flat: mean,
+        offset: 0,
+        wanted: entries
+            .iter()
+            .zip(&present)
+            .filter(|(_, &n)| n > 0.0)
+            .map(|(e, _)| e.id)
+            .collect(),
+    };
+    module.visit(&mut unpack);
+    Ok(grads)
+}
+
+struct GradEntry {
+    id: ParamId,
+    has_grad: bool,
+}
+
+struct GradLister<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    entries: Vec<GradEntry>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradLister<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.entries.iter().any(|e| e.id == param.id) {
+            return;
+        }
+        let has_grad = self.grads.get::<B::InnerBackend, D>(param.id).is_some();
+        self.entries.push(GradEntry {
+            id: param.id,
+            has_grad,
+        });
+    }
+}
+
+struct Packer<B: AutodiffBackend> {
+    grads: GradientsParams,
+    wanted: Vec<ParamId>,
+    parts: Vec<(ParamId, Tensor<B::InnerBackend, 1>)>,
+    device: Option<burn::tensor::ops::Device<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Packer<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !self.wanted.contains(&param.id) || self.parts.iter().any(|(id, _)| *id == param.id) {
+            return;
+        }
+        let value = param.val().inner();
+        let numel: usize = value.dims().iter().product();
+        let flat = match self.grads.remove::<B::InnerBackend, D>(param.id) {
+            Some(g) => g.reshape([numel]),
+            None => Tensor::zeros([numel], &value.device()),
+        };
+        self.device.get_or_insert_with(|| value.device());
+        self.parts.push((param.id, flat));
+    }
+}
+
+struct Unpacker<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    flat: Tensor<B::InnerBackend, 1>,
+    offset: usize,
+    wanted: Vec<ParamId>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Unpacker<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(pos) = self.wanted.iter().position(|id| *id == param.id) else {
+            return;
+        };
+        // Each wanted id is unpacked once (shared parameters are visited twice).
+        self.wanted.remove(pos);
+        let dims = param.val().dims();
+        let numel: usize = dims.iter().product();
+        let part = self
+            .flat
+            .clone()
+            .narrow(0, self.offset, numel)
+            .reshape(dims);
+        self.offset += numel;
+        self.grads.register::<B::InnerBackend, D>(param.id, part);
+    }
+}
+
+/// Shared state of an in-process group.
+struct GroupState {
+    generation: u64,
+    arrived: usize,
+    /// Contributions of the current round, by rank.
+    slots: Vec<Option<Vec<f64>>>,
+    /// The last completed round's result.
+    result: Arc<Vec<f64>>,
+    result_generation: u64,
+    failed: bool,
+}
+
+/// An in-process data-parallel group: one handle per worker thread, collectives over host
+/// memory. Sums are taken in rank order, so every rank gets bit-identical results.
+pub struct LocalGroup {
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+    shared: Arc<(Mutex<GroupState>, Condvar)>,
+}
+
+impl LocalGroup {
+    /// Handles for `world_size` workers (index = rank). A collective waits at most `timeout`.
+    pub fn new(world_size: usize, timeout: Duration) -> Vec<LocalGroup> {
+        assert!(world_size >= 1, "a group has at least one rank");
+        let shared = Arc::new((
+            Mutex::new(GroupState {
+                generation: 0,
+                arrived: 0,
+                slots: vec![None; world_size],
+                result: Arc::new(Vec::new()),
+                result_generation: u64::MAX,
+                failed: false,
+            }),
+            Condvar::new(),
+        ));
+        (0..world_size)
+            .map(|rank| LocalGroup {
+                rank,
+                world_size,
+                timeout,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    /// Marks the group failed and wakes every waiting rank (they return
+    /// [`DistributedError::PeerFailed`]). Called when a worker errs or panics.
+    pub fn abort(&self) {
+        let (lock, cvar) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        state.failed = true;
+        cvar.notify_all();
+    }
+
+    /// Sums `values` element-wise over all ranks (f64, rank order).
+    fn exchange(&self, values: Vec<f64>) -> Result<Arc<Vec<f64>>, DistributedError> {
+        let (lock, cvar) = &*self.shared;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if state.failed {
+            return Err(DistributedError::PeerFailed { rank: self.rank });
+        }
+        let generation = state.generation;
+        state.slots[self.rank] = Some(values);
+        state.arrived += 1;
+        if state.arrived == self.world_size {
+            let slots: Vec<Vec<f64>> = state.slots.iter_mut().map(|s| s.take().unwrap()).collect();
+            let expected = slots[0].len();
+            if let Some((rank, s)) = slots.iter().enumerate().find(|(_, s)| s.len() != expected) {
+                state.failed = true;
+                cvar.notify_all();
+                return Err(DistributedError::LengthMismatch {
+                    rank,
+                    len: s.len(),
+                    expected,
+                });
+            }
+            let mut sum = vec![0.0f64; expected];
+            for s in &slots {
+                for (acc, v) in sum.iter_mut().zip(s) {
+                    *acc += v;
+                }
+            }
+            state.result = Arc::new(sum);
+            state.result_generation = generation;
+            state.arrived = 0;
+            state.generation += 1;
+            cvar.notify_all();
+            return Ok(state.result.clone());
+        }
+        loop {
+            let (next, timeout) = cvar
+                .wait_timeout(state, self.timeout)
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if state.failed {
+                return Err(DistributedError::PeerFailed { rank: self.rank });
+            }
+            if state.result_generation == generation && state.generation > generation {
+                return Ok(state.result.clone());
+            }
+            if timeout.timed_out() {
+                state.failed = true;
+                cvar.notify_all();
+                return Err(DistributedError::Timeout {
+                    rank: self.rank,
+                    seconds: self.timeout.as_secs(),
+                });
+            }
+        }
+    }
+}
+
+impl<B: Backend> AllReduce<B> for LocalGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, DistributedError> {
+        let device = tensor.device();
+        let values: Vec<f64> = crate::optim::tensor_values(&tensor)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let len = values.len();
+        let sum = self.exchange(values)?;
+        if sum.len() != len {
+            return Err(DistributedError::LengthMismatch {
+                rank: self.rank,
+                len,
+                expected: sum.len(),
+            });
+        }
+        // Summed in f64 and rounded once: identical on every rank.
+        let out: Vec<f32> = sum.iter().map(|v| *v as f32).collect();
+        Ok(Tensor::from_data(TensorData::new(out, [len]), &device))
+    }
+
+    fn all_reduce_sum_host(&self, values: Vec<f64>) -> Result<Vec<f64>, DistributedError> {
+        let len = values.len();
+        let sum = self.exchange(values)?;
+        if sum.len() != len {
+            return Err(DistributedError::LengthMismatch {
+                rank: self.rank,
+                len,
+                expected: sum.len(),
+            });
+        }
+        Ok(sum.to_vec())
+    }
+}
+
+/// Runs `worker(rank, group)` on `world_size` threads with an in-process group and returns
+/// their results in rank order. A worker that returns an error or panics aborts the group, so
+/// the others fail fast instead of waiting.
+pub fn run_local_workers<T, E, F>(
+    world_size: usize,
+    timeout: Duration,
+    worker: F,
+) -> Vec<Result<T, E>>
+where
+    T: Send,
+    E: Send + From<DistributedError>,
+    F: Fn(usize, &LocalGroup) -> Result<T, E> + Sync,
+{
+    let groups = LocalGroup::new(world_size, timeout);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let worker = &worker;
+                scope.spawn(move || {
+                    struct AbortOnPanic<'a>(&'a LocalGroup);
+                    impl Drop for AbortOnPanic<'_> {
+                        fn drop(&mut self) {
+                            if std::thread::panicking() {
+                                self.0.abort();
+                            }
+                        }
+                    }
+                    let _guard = AbortOnPanic(group);
+                    let result = worker(group.rank, group);
+                    if result.is_err() {
+                        group.abort();
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| {
+                h.join()
+                    .unwrap_or_else(|_| Err(DistributedError::PeerFailed { rank }.into()))
+            })
+            .collect()
+    })
+}
