@@ -1,6 +1,6 @@
 //! `sources::padt_jsonl`: importing PaDT's released JSONL files as they are.
 
-use padt_data::pyjson::record_to_jsonl_line;
+use padt_data::pyjson::{parse_jsonl_line, record_to_jsonl_line};
 use padt_data::record::ImageData;
 use padt_data::sources::padt_jsonl::{process_padt_jsonl, PadtJsonlOptions};
 use padt_data::sources::SourceError;
@@ -57,10 +57,29 @@ fn missing_images_and_size_mismatches_are_counted_skips() {
     let text = std::fs::read_to_string(dir.join("expected/coco_instances_val2017.jsonl")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let first = lines[0].clone();
-    lines.push(first.replace("\"000000087038.jpg\"", "\"gone.jpg\""));
-    // An rle whose size is not the image's.
-    lines.push(first.replace("\"size\": [168, 252]", "\"size\": [252, 168]"));
+    let n = lines.len() as u64;
+    let records: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| parse_jsonl_line(l, i + 1).unwrap())
+        .collect();
+    // A record whose image file does not exist.
+    let mut gone = records[0].clone();
+    gone.image = "gone.jpg".into();
+    lines.push(record_to_jsonl_line(&gone));
+    // A record with an rle whose size is not the image's.
+    let mut swapped = records
+        .iter()
+        .find(|r| r.objects.iter().any(|o| o.rle.is_some()))
+        .unwrap()
+        .clone();
+    let rle = swapped
+        .objects
+        .iter_mut()
+        .find_map(|o| o.rle.as_mut())
+        .unwrap();
+    rle.size = [rle.size[0] + 1, rle.size[1]];
+    lines.push(record_to_jsonl_line(&swapped));
     lines.push(String::new()); // blank lines are ignored
     let jsonl = tmp.path().join("padt.json");
     std::fs::write(&jsonl, lines.join("\n")).unwrap();
@@ -69,7 +88,6 @@ fn missing_images_and_size_mismatches_are_counted_skips() {
         images_dir: dir.join("raw/coco/images/val2017"),
     })
     .unwrap();
-    let n = text.lines().count() as u64;
     assert_eq!(out.items.len() as u64, n);
     assert_eq!(out.counts.get("records_skipped_image_missing"), Some(&1));
     assert_eq!(
