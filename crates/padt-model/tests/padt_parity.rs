@@ -163,3 +163,42 @@ fn ids_outside_the_extended_vocabulary_are_clear_errors() {
     let err = model.forward_train(&input, EOS).unwrap_err().to_string();
     assert!(err.contains("one image per sample"), "{err}");
 }
+
+/// The new modules are initialised as the reference: N(0, 0.02) linears and embeddings, zero
+/// biases, unit RMSNorm weights, zero LayerNorm (`vis_norm`) weight and bias.
+#[test]
+fn new_modules_are_initialised_like_the_reference() {
+    use padt_model::padt::PadtConfig;
+    let config = PadtConfig::from_file(golden_dir().join("checkpoint/config.json")).unwrap();
+    let model = PadtModel::<B>::new(&config, &Default::default());
+    let vals = |t: burn::tensor::Tensor<B, 1>| to_vec(t).1;
+    assert!(vals(model.vis_norm.weight.val()).iter().all(|&v| v == 0.0));
+    assert!(vals(model.vis_norm.bias.val()).iter().all(|&v| v == 0.0));
+    let d = &model.vl_decoder;
+    assert!(vals(d.high_res_norm.weight.val()).iter().all(|&v| v == 1.0));
+    assert!(vals(d.score_prediction.bias.as_ref().unwrap().val())
+        .iter()
+        .all(|&v| v == 0.0));
+    let std = |v: Vec<f32>| {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+    };
+    for (name, w) in [
+        (
+            "low_res_transformer.mlp.fc1",
+            to_vec(d.low_res_transformer.mlp.fc1.weight.val()).1,
+        ),
+        (
+            "bbox_score_mask_tokens",
+            to_vec(d.bbox_score_mask_tokens.weight.val()).1,
+        ),
+        ("vis_proj.down", to_vec(model.vis_proj.down.weight.val()).1),
+    ] {
+        let s = std(w);
+        assert!((s - 0.02).abs() < 0.004, "{name}: std {s}");
+    }
+    // Zero vis_norm: every prototype is exactly 0 at the start of training.
+    let merged = tensor::<2>(&read("outputs.safetensors", "vit.merged_embeds"));
+    assert!(to_vec(model.prototypes(merged)).1.iter().all(|&v| v == 0.0));
+}
