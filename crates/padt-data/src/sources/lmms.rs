@@ -385,7 +385,9 @@ fn image_header_size(bytes: &[u8]) -> Option<(u32, u32)> {
         .ok()
 }
 
-fn row_records(row: &LmmsRow) -> RowOutcome {
+/// The records of one row; the row is consumed so that its image bytes move into the last
+/// expression's record instead of being copied once more.
+fn row_records(mut row: LmmsRow) -> RowOutcome {
     let n_expr = row.answer.len() as u64;
     if row.answer.is_empty() {
         return RowOutcome::Skipped("rows_skipped_no_answer", 0);
@@ -420,10 +422,18 @@ fn row_records(row: &LmmsRow) -> RowOutcome {
         }),
         label: String::new(),
     };
+    let mut image_bytes = Some(std::mem::take(&mut row.image_bytes));
+    let n = row.answer.len();
     let items = row
         .answer
         .iter()
-        .map(|expr| {
+        .enumerate()
+        .map(|(k, expr)| {
+            let bytes = if k + 1 == n {
+                image_bytes.take().unwrap_or_default()
+            } else {
+                image_bytes.clone().unwrap_or_default()
+            };
             let mut object = object.clone();
             object.label = expr.clone();
             SourceItem {
@@ -435,7 +445,7 @@ fn row_records(row: &LmmsRow) -> RowOutcome {
                     objects: vec![object],
                     task: Task::Refering,
                 },
-                image: ImageData::Bytes(row.image_bytes.clone()),
+                image: ImageData::Bytes(bytes),
                 width,
                 height,
             }
@@ -541,7 +551,7 @@ pub fn process_lmms(opts: &LmmsOptions) -> Result<SourceOutput, SourceError> {
                 true
             })
             .collect();
-        let outcomes: Vec<RowOutcome> = rows.par_iter().map(row_records).collect();
+        let outcomes: Vec<RowOutcome> = rows.into_par_iter().map(row_records).collect();
         for outcome in outcomes {
             match outcome {
                 RowOutcome::Records(items) => {
