@@ -212,3 +212,18 @@ fn missing_images_and_unknown_annotations_are_counted() {
             > 0
     );
 }
+
+#[test]
+fn empty_dataset_gives_empty_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    // Protocol-2 pickle of an empty list.
+    std::fs::write(dir.path().join("refs(umd).p"), b"\x80\x02]q\x00.").unwrap();
+    std::fs::write(
+        dir.path().join("instances.json"),
+        r#"{"images": [], "annotations": [], "categories": []}"#,
+    )
+    .unwrap();
+    let out = process_refcoco(&RefcocoOptions::new(dir.path(), SplitBy::Umd, dir.path())).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|(_, o)| o.items.is_empty()));
+}

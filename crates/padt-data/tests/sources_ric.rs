@@ -252,3 +252,21 @@ fn malformed_ric_json_is_an_error() {
     assert!(matches!(err, SourceError::Json { .. }), "{err:?}");
     assert!(err.to_string().contains("ric.json"), "{err}");
 }
+
+#[test]
+fn empty_dataset_gives_zero_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ric.json");
+    std::fs::write(
+        &path,
+        r#"{"images": [], "annotations": [], "categories": []}"#,
+    )
+    .unwrap();
+    let out = process_ric(&RicOptions {
+        annotations: path,
+        images_dir: dir.path().into(),
+    })
+    .unwrap();
+    assert!(out.items.is_empty());
+    assert_eq!(out.counts.get("images_total"), Some(&0));
+}
