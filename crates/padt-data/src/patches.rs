@@ -48,9 +48,8 @@ pub fn grid_for(width: u32, height: u32) -> (u32, u32) {
 
 /// Foreground patches of a mask given as an [`Rle`] (its `height x width` is the image size).
 pub fn foreground_patches(rle: &Rle, rule: PatchRule) -> Vec<u32> {
-    let source = RleSource(rle);
     let mut kept = Vec::new();
-    compute_blocks(&source, rle.width, rle.height, rule, |idx, _mean, keep| {
+    compute_blocks(rle, rule, false, |idx, _mean, keep| {
         if keep {
             kept.push(idx);
         }
@@ -65,24 +64,8 @@ pub fn foreground_patches_row_major(
     height: u32,
     rule: PatchRule,
 ) -> Result<Vec<u32>, MaskError> {
-    if mask.len() as u64 != width as u64 * height as u64 {
-        return Err(MaskError::MaskSizeMismatch {
-            len: mask.len(),
-            height,
-            width,
-        });
-    }
-    let source = RowMajorSource {
-        mask,
-        width: width as usize,
-    };
-    let mut kept = Vec::new();
-    compute_blocks(&source, width, height, rule, |idx, _mean, keep| {
-        if keep {
-            kept.push(idx);
-        }
-    });
-    Ok(kept)
+    let rle = Rle::encode_row_major(mask, height, width)?;
+    Ok(foreground_patches(&rle, rule))
 }
 
 /// One evaluated block: its raster index, its mean (the f32 mean widened for
@@ -98,91 +81,13 @@ pub struct BlockMean {
 }
 
 /// Means of every block in the rectangle of blocks the mask can touch (blocks outside it
-/// have mean 0), in raster order.
+/// have mean 0), in raster order, each computed in full (no shortcut).
 pub fn block_means(rle: &Rle, rule: PatchRule) -> Vec<BlockMean> {
     let mut out = Vec::new();
-    compute_blocks(
-        &RleSource(rle),
-        rle.width,
-        rle.height,
-        rule,
-        |index, mean, kept| out.push(BlockMean { index, mean, kept }),
-    );
+    compute_blocks(rle, rule, true, |index, mean, kept| {
+        out.push(BlockMean { index, mean, kept })
+    });
     out
-}
-
-// ---------------------------------------------------------------------------------------------
-// Mask sources: bounding box and 0/1 crop extraction.
-
-trait MaskSource {
-    /// Inclusive bounding box `(x0, x1, y0, y1)` of the foreground, `None` when empty.
-    fn bbox(&self) -> Option<(usize, usize, usize, usize)>;
-    /// Writes the 0/1 pixels of rows `r0..=r1`, columns `c0..=c1` into `crop`
-    /// (row-major, `(c1 - c0 + 1)` wide, zeroed by the caller).
-    fn fill_crop(&self, r0: usize, r1: usize, c0: usize, c1: usize, crop: &mut [u8]);
-}
-
-struct RleSource<'a>(&'a Rle);
-
-impl MaskSource for RleSource<'_> {
-    fn bbox(&self) -> Option<(usize, usize, usize, usize)> {
-        let mut b: Option<(usize, usize, usize, usize)> = None;
-        self.0.for_each_run(|x, y0, y1| {
-            let y1 = y1 - 1;
-            b = Some(match b {
-                None => (x, x, y0, y1),
-                Some((a0, a1, b0, b1)) => (a0.min(x), a1.max(x), b0.min(y0), b1.max(y1)),
-            });
-        });
-        b
-    }
-
-    fn fill_crop(&self, r0: usize, r1: usize, c0: usize, c1: usize, crop: &mut [u8]) {
-        let cw = c1 - c0 + 1;
-        self.0.for_each_run(|x, y0, y1| {
-            if x < c0 || x > c1 {
-                return;
-            }
-            for y in y0.max(r0)..y1.min(r1 + 1) {
-                crop[(y - r0) * cw + (x - c0)] = 1;
-            }
-        });
-    }
-}
-
-struct RowMajorSource<'a> {
-    mask: &'a [u8],
-    width: usize,
-}
-
-impl MaskSource for RowMajorSource<'_> {
-    fn bbox(&self) -> Option<(usize, usize, usize, usize)> {
-        if self.width == 0 {
-            return None;
-        }
-        let mut b: Option<(usize, usize, usize, usize)> = None;
-        for (y, row) in self.mask.chunks_exact(self.width).enumerate() {
-            let first = row.iter().position(|&v| v != 0);
-            if let Some(first) = first {
-                let last = row.iter().rposition(|&v| v != 0).unwrap_or(first);
-                b = Some(match b {
-                    None => (first, last, y, y),
-                    Some((a0, a1, b0, _)) => (a0.min(first), a1.max(last), b0, y),
-                });
-            }
-        }
-        b
-    }
-
-    fn fill_crop(&self, r0: usize, r1: usize, c0: usize, c1: usize, crop: &mut [u8]) {
-        let cw = c1 - c0 + 1;
-        for y in r0..=r1 {
-            let src = &self.mask[y * self.width + c0..y * self.width + c1 + 1];
-            for (d, &s) in crop[(y - r0) * cw..(y - r0 + 1) * cw].iter_mut().zip(src) {
-                *d = (s != 0) as u8;
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +113,11 @@ fn axis_taps(src: usize, dst: usize, clamp_fraction: bool) -> Vec<Tap> {
     (0..dst)
         .map(|d| {
             let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-            let mut s = f.floor() as i64;
+            // cvFloor: truncate, then step down for negative non-integers.
+            let mut s = f as i64;
+            if (s as f32) > f {
+                s -= 1;
+            }
             f -= s as f32;
             if clamp_fraction {
                 if s < 0 {
@@ -232,10 +141,13 @@ fn axis_taps(src: usize, dst: usize, clamp_fraction: bool) -> Vec<Tap> {
 }
 
 /// `saturate_cast<short>(w * INTER_RESIZE_COEF_SCALE)`: float product, round half to even.
+/// `w` is in `[0, 1]`, so the product is in `[0, 2048]`: adding and removing 2^23 rounds it to
+/// the nearest integer, ties to even (exactly `roundf`-to-even, without a libm call).
 fn fixed_coef(w: f32) -> i32 {
-    (w * 2048.0f32)
-        .round_ties_even()
-        .clamp(i16::MIN as f32, i16::MAX as f32) as i32
+    let p = w * 2048.0f32;
+    debug_assert!((0.0..=2048.0).contains(&p));
+    const MAGIC: f32 = 8_388_608.0; // 2^23
+    ((p + MAGIC) - MAGIC) as i32
 }
 
 /// The contiguous range of outputs whose taps can touch sources `lo..=hi`.
@@ -282,112 +194,247 @@ fn block_sum<T: Copy + std::ops::Add<Output = T>>(m: &[T; 28], gw: u32) -> T {
 // ---------------------------------------------------------------------------------------------
 // The computation.
 
+/// Resize taps of the last image size seen by this thread (objects come image by image).
+struct TapCache {
+    size: (u32, u32),
+    x: Vec<Tap>,
+    y: Vec<Tap>,
+}
+
+thread_local! {
+    static TAPS: std::cell::RefCell<Option<TapCache>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Inclusive bounding box `(x0, x1, y0, y1)` of the foreground, `None` when empty.
+fn rle_bbox(rle: &Rle) -> Option<(usize, usize, usize, usize)> {
+    let mut b: Option<(usize, usize, usize, usize)> = None;
+    rle.for_each_run(|x, y0, y1| {
+        let y1 = y1 - 1;
+        b = Some(match b {
+            None => (x, x, y0, y1),
+            Some((a0, a1, b0, b1)) => (a0.min(x), a1.max(x), b0.min(y0), b1.max(y1)),
+        });
+    });
+    b
+}
+
+/// The source pixel band `[lo, hi]` each block of `first..=last` reads along one axis.
+fn bands(taps: &[Tap], first: usize, last: usize) -> Vec<(usize, usize)> {
+    const SIDE: usize = PATCH_SIDE as usize;
+    (first..=last)
+        .map(|b| (taps[b * SIDE].i0, taps[(b + 1) * SIDE - 1].i1))
+        .collect()
+}
+
+/// For each source coordinate `lo..=hi`, the first band (relative index) whose end reaches it.
+fn first_band_of(bands: &[(usize, usize)], lo: usize, hi: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(hi - lo + 1);
+    let mut b = 0;
+    for v in lo..=hi {
+        while b + 1 < bands.len() && bands[b].1 < v {
+            b += 1;
+        }
+        out.push(b);
+    }
+    out
+}
+
 /// Runs the resize + block means over the blocks the mask can touch and calls
 /// `visit(index, mean, kept)` for each, in raster order.
+///
+/// With `exact_means == false` (patch selection), the foreground count of each block's source
+/// rectangle is taken from the runs first: a block reading only background is skipped (every
+/// output pixel is exactly 0), a block reading only foreground is kept without resizing (every
+/// output pixel is 255, up to the last f32 bit: far above the threshold), and only blocks on
+/// the mask's boundary are resized. With `exact_means == true` every block in the active
+/// rectangle is resized, for [`block_means`].
 fn compute_blocks(
-    source: &dyn MaskSource,
-    width: u32,
-    height: u32,
+    rle: &Rle,
     rule: PatchRule,
-    mut visit: impl FnMut(u32, f64, bool),
+    exact_means: bool,
+    visit: impl FnMut(u32, f64, bool),
 ) {
+    let (width, height) = (rle.width, rle.height);
     let (gh, gw) = grid_for(width, height);
     if gh == 0 || gw == 0 {
         return;
     }
-    let Some((x0, x1, y0, y1)) = source.bbox() else {
+    let Some(bbox) = rle_bbox(rle) else {
         return;
     };
+    let mut cache = TAPS.with(|c| c.borrow_mut().take());
+    if cache.as_ref().is_none_or(|c| c.size != (width, height)) {
+        let side = PATCH_SIDE as usize;
+        cache = Some(TapCache {
+            size: (width, height),
+            x: axis_taps(width as usize, gw as usize * side, true),
+            y: axis_taps(height as usize, gh as usize * side, false),
+        });
+    }
+    let taps = cache.expect("just filled");
+    compute_with_taps(rle, gw, &taps.x, &taps.y, bbox, rule, exact_means, visit);
+    TAPS.with(|c| *c.borrow_mut() = Some(taps));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compute_with_taps(
+    rle: &Rle,
+    gw: u32,
+    xt: &[Tap],
+    yt: &[Tap],
+    (x0, x1, y0, y1): (usize, usize, usize, usize),
+    rule: PatchRule,
+    exact_means: bool,
+    mut visit: impl FnMut(u32, f64, bool),
+) {
     let side = PATCH_SIDE as usize;
-    let (rw, rh) = (gw as usize * side, gh as usize * side);
-    let xt = axis_taps(width as usize, rw, true);
-    let yt = axis_taps(height as usize, rh, false);
     let (Some((dx_a, dx_b)), Some((dy_a, dy_b))) =
-        (active_range(&xt, x0, x1), active_range(&yt, y0, y1))
+        (active_range(xt, x0, x1), active_range(yt, y0, y1))
     else {
         return;
     };
-    // Whole blocks around the active outputs.
+    // Whole blocks around the active outputs, the source bands they read, and the crop.
     let (bc0, bc1) = (dx_a / side, dx_b / side);
     let (br0, br1) = (dy_a / side, dy_b / side);
-    let (dx0, dx1) = (bc0 * side, (bc1 + 1) * side); // [dx0, dx1)
-    let (dy0, dy1) = (br0 * side, (br1 + 1) * side);
-    // Source crop those outputs read.
-    let (c0, c1) = (xt[dx0].i0, xt[dx1 - 1].i1);
-    let (r0, r1) = (yt[dy0].i0, yt[dy1 - 1].i1);
-    let cw = c1 - c0 + 1;
-    let mut crop = vec![0u8; (r1 - r0 + 1) * cw];
-    source.fill_crop(r0, r1, c0, c1, &mut crop);
+    let col_bands = bands(xt, bc0, bc1);
+    let row_bands = bands(yt, br0, br1);
+    let (c0, c1) = (col_bands[0].0, col_bands[col_bands.len() - 1].1);
+    let (r0, r1) = (row_bands[0].0, row_bands[row_bands.len() - 1].1);
+    let ch = r1 - r0 + 1;
+    let (nbc, nbr) = (col_bands.len(), row_bands.len());
 
-    let ncols = dx1 - dx0;
-    let nblocks = bc1 - bc0 + 1;
-    match rule {
-        PatchRule::CocoU8 => {
-            // Horizontal pass: exact ints `src[i0]*a0 + src[i1]*a1` with src in {0, 255}.
-            let mut hbuf = vec![0i32; (r1 - r0 + 1) * ncols];
-            for (row, hrow) in crop.chunks_exact(cw).zip(hbuf.chunks_exact_mut(ncols)) {
-                for (h, t) in hrow.iter_mut().zip(&xt[dx0..dx1]) {
-                    let s0 = 255 * row[t.i0 - c0] as i32;
-                    let s1 = 255 * row[t.i1 - c0] as i32;
-                    *h = s0 * t.fixed.0 + s1 * t.fixed.1;
-                }
-            }
-            let mut row_means = vec![[0f64; 28]; nblocks];
-            let threshold = 255.0f64 / 28.0;
-            for br in br0..=br1 {
-                for (k, t) in yt[br * side..(br + 1) * side].iter().enumerate() {
-                    let h0 = &hbuf[(t.i0 - r0) * ncols..(t.i0 - r0 + 1) * ncols];
-                    let h1 = &hbuf[(t.i1 - r0) * ncols..(t.i1 - r0 + 1) * ncols];
-                    let (b0, b1) = t.fixed;
-                    for (bi, means) in row_means.iter_mut().enumerate() {
-                        let mut sum = 0i32;
-                        for x in bi * side..(bi + 1) * side {
-                            // OpenCV's SIMD vertical pass (VResizeLinearVec_32s8u).
-                            let v = ((((h0[x] >> 4) * b0) >> 16) + (((h1[x] >> 4) * b1) >> 16) + 2)
-                                >> 2;
-                            sum += v.clamp(0, 255);
-                        }
-                        means[k] = sum as f64 / 28.0;
-                    }
-                }
-                for (bi, means) in row_means.iter().enumerate() {
-                    let mean = block_sum(means, gw) / 28.0;
-                    let index = br as u32 * gw + (bc0 + bi) as u32;
-                    visit(index, mean, mean >= threshold);
-                }
-            }
+    // Column-major 0/1 crop (runs become memsets) and per-block foreground counts.
+    let mut crop = vec![0u8; (c1 - c0 + 1) * ch];
+    let mut counts = vec![0u32; nbr * nbc];
+    let first_col_band = first_band_of(&col_bands, c0, c1);
+    let first_row_band = first_band_of(&row_bands, r0, r1);
+    rle.for_each_run(|x, ya, yb| {
+        if x < c0 || x > c1 || yb <= r0 || ya > r1 {
+            return;
         }
-        PatchRule::RefcocoF32 => {
-            // Horizontal pass in f32: `S[i0]*a0 + S[i1]*a1`, S in {0, 255}.
-            let mut hbuf = vec![0f32; (r1 - r0 + 1) * ncols];
-            for (row, hrow) in crop.chunks_exact(cw).zip(hbuf.chunks_exact_mut(ncols)) {
-                for (h, t) in hrow.iter_mut().zip(&xt[dx0..dx1]) {
-                    let s0 = 255.0f32 * row[t.i0 - c0] as f32;
-                    let s1 = 255.0f32 * row[t.i1 - c0] as f32;
-                    *h = s0 * t.float.0 + s1 * t.float.1;
+        let (ya, yb) = (ya.max(r0), yb.min(r1 + 1)); // [ya, yb)
+        let col = &mut crop[(x - c0) * ch..(x - c0 + 1) * ch];
+        col[ya - r0..yb - r0].fill(1);
+        if exact_means {
+            return;
+        }
+        let mut bc = first_col_band[x - c0];
+        while bc < nbc && col_bands[bc].0 <= x {
+            let mut br = first_row_band[ya - r0];
+            while br < nbr && row_bands[br].0 < yb {
+                let (lo, hi) = row_bands[br];
+                let overlap = (yb - 1).min(hi) as isize - ya.max(lo) as isize + 1;
+                if overlap > 0 {
+                    counts[br * nbc + bc] += overlap as u32;
+                }
+                br += 1;
+            }
+            bc += 1;
+        }
+    });
+
+    let mut block = BlockScratch::default();
+    for (bri, &(sy_lo, sy_hi)) in row_bands.iter().enumerate() {
+        let br = br0 + bri;
+        let ytaps = &yt[br * side..(br + 1) * side];
+        for (bci, &(sx_lo, sx_hi)) in col_bands.iter().enumerate() {
+            let bc = bc0 + bci;
+            let index = br as u32 * gw + bc as u32;
+            if !exact_means {
+                let n = counts[bri * nbc + bci] as usize;
+                if n == 0 {
+                    continue;
+                }
+                if n == (sy_hi - sy_lo + 1) * (sx_hi - sx_lo + 1) {
+                    visit(index, 255.0, true);
+                    continue;
                 }
             }
-            let mut row_means = vec![[0f32; 28]; nblocks];
-            let mut vals = [0f32; 28];
-            let threshold = (255.0f64 / 28.0) as f32;
-            for br in br0..=br1 {
-                for (k, t) in yt[br * side..(br + 1) * side].iter().enumerate() {
-                    let h0 = &hbuf[(t.i0 - r0) * ncols..(t.i0 - r0 + 1) * ncols];
-                    let h1 = &hbuf[(t.i1 - r0) * ncols..(t.i1 - r0 + 1) * ncols];
-                    let (b0, b1) = t.float;
-                    for (bi, means) in row_means.iter_mut().enumerate() {
-                        for (j, v) in vals.iter_mut().enumerate() {
-                            let x = bi * side + j;
-                            *v = h0[x] * b0 + h1[x] * b1;
-                        }
-                        means[k] = pairwise28(&vals) / 28.0f32;
+            let xtaps = &xt[bc * side..(bc + 1) * side];
+            let (mean, kept) = block.mean(&crop, ch, r0, c0, xtaps, ytaps, gw, rule);
+            visit(index, mean, kept);
+        }
+    }
+}
+
+/// Reusable buffers for one 28x28 output block.
+#[derive(Default)]
+struct BlockScratch {
+    /// Horizontal pass of the block's source rows: `(row - first_row) * 28 + j`.
+    h_fixed: Vec<i32>,
+    h_float: Vec<f32>,
+}
+
+impl BlockScratch {
+    /// Exact numpy block mean of the resized `mask * 255` over one block, and the keep
+    /// decision. `crop` is column-major with `ch` rows, starting at source `(c0, r0)`.
+    #[allow(clippy::too_many_arguments)]
+    fn mean(
+        &mut self,
+        crop: &[u8],
+        ch: usize,
+        r0: usize,
+        c0: usize,
+        xtaps: &[Tap],
+        ytaps: &[Tap],
+        gw: u32,
+        rule: PatchRule,
+    ) -> (f64, bool) {
+        const SIDE: usize = PATCH_SIDE as usize;
+        let (sy_lo, sy_hi) = (ytaps[0].i0, ytaps[SIDE - 1].i1);
+        let nrows = sy_hi - sy_lo + 1;
+        let px = |x: usize, y: usize| crop[(x - c0) * ch + (y - r0)];
+        match rule {
+            PatchRule::CocoU8 => {
+                // Horizontal pass: exact ints `src[i0]*a0 + src[i1]*a1` with src in {0, 255}.
+                self.h_fixed.clear();
+                self.h_fixed.resize(nrows * SIDE, 0);
+                for (j, t) in xtaps.iter().enumerate() {
+                    for sy in sy_lo..=sy_hi {
+                        let v = px(t.i0, sy) as i32 * t.fixed.0 + px(t.i1, sy) as i32 * t.fixed.1;
+                        self.h_fixed[(sy - sy_lo) * SIDE + j] = 255 * v;
                     }
                 }
-                for (bi, means) in row_means.iter().enumerate() {
-                    let mean = block_sum(means, gw) / 28.0f32;
-                    let index = br as u32 * gw + (bc0 + bi) as u32;
-                    visit(index, mean as f64, mean > threshold);
+                let mut row_means = [0f64; SIDE];
+                for (k, t) in ytaps.iter().enumerate() {
+                    let h0 = &self.h_fixed[(t.i0 - sy_lo) * SIDE..(t.i0 - sy_lo + 1) * SIDE];
+                    let h1 = &self.h_fixed[(t.i1 - sy_lo) * SIDE..(t.i1 - sy_lo + 1) * SIDE];
+                    let (b0, b1) = t.fixed;
+                    let mut sum = 0i32;
+                    for (&v0, &v1) in h0.iter().zip(h1) {
+                        // OpenCV's SIMD vertical pass (VResizeLinearVec_32s8u).
+                        let v = ((((v0 >> 4) * b0) >> 16) + (((v1 >> 4) * b1) >> 16) + 2) >> 2;
+                        sum += v.clamp(0, 255);
+                    }
+                    row_means[k] = sum as f64 / 28.0;
                 }
+                let mean = block_sum(&row_means, gw) / 28.0;
+                (mean, mean >= 255.0f64 / 28.0)
+            }
+            PatchRule::RefcocoF32 => {
+                // Horizontal pass in f32: `S[i0]*a0 + S[i1]*a1`, S in {0, 255}.
+                self.h_float.clear();
+                self.h_float.resize(nrows * SIDE, 0.0);
+                for (j, t) in xtaps.iter().enumerate() {
+                    for sy in sy_lo..=sy_hi {
+                        let s0 = 255.0f32 * px(t.i0, sy) as f32;
+                        let s1 = 255.0f32 * px(t.i1, sy) as f32;
+                        self.h_float[(sy - sy_lo) * SIDE + j] = s0 * t.float.0 + s1 * t.float.1;
+                    }
+                }
+                let mut row_means = [0f32; SIDE];
+                let mut vals = [0f32; SIDE];
+                for (k, t) in ytaps.iter().enumerate() {
+                    let h0 = &self.h_float[(t.i0 - sy_lo) * SIDE..(t.i0 - sy_lo + 1) * SIDE];
+                    let h1 = &self.h_float[(t.i1 - sy_lo) * SIDE..(t.i1 - sy_lo + 1) * SIDE];
+                    let (b0, b1) = t.float;
+                    for ((v, &v0), &v1) in vals.iter_mut().zip(h0).zip(h1) {
+                        *v = v0 * b0 + v1 * b1;
+                    }
+                    row_means[k] = pairwise28(&vals) / 28.0f32;
+                }
+                let mean = block_sum(&row_means, gw) / 28.0f32;
+                (mean as f64, mean > (255.0f64 / 28.0) as f32)
             }
         }
     }
