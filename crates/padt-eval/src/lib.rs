@@ -7,4 +7,8 @@
 
 pub mod caption_metrics;
 pub mod coco_eval;
+pub mod draw;
+pub mod generate;
 pub mod grounding_metrics;
+pub mod parse;
+pub mod postprocess;
