@@ -201,7 +201,7 @@ fn mask_blocks_are_placed_per_token_or_per_sub_patch() {
     let n = gh * gw;
     // Every value of token j's block is j.
     let values: Vec<f32> = (0..n)
-        .flat_map(|j| std::iter::repeat(j as f32).take(16))
+        .flat_map(|j| std::iter::repeat_n(j as f32, 16))
         .collect();
     let blocks = Tensor::<B, 3>::from_data(TensorData::new(values, [n, 4, 4]), &Default::default());
     let cell = |map: &[f32], r: usize, c: usize| map[(4 * r) * (4 * gw) + 4 * c] as usize;
