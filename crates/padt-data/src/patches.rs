@@ -18,11 +18,15 @@
 //! - [`grid_for`]`(width, height) -> (gh, gw)`;
 //! - [`foreground_patches`]`(&Rle, rule) -> Vec<u32>`: kept block indices `row * gw + col`,
 //!   ascending (raster order);
-//! - [`foreground_patches_row_major`]: the same from a row-major `H x W` mask (nonzero = in);
+//! - [`foreground_patches_row_major`]: the same from a row-major `H x W` mask (nonzero = in;
+//!   encoded to an RLE first);
 //! - [`block_means`]: the means of the blocks the mask touches, for inspection / `verify`.
 //!
-//! Only the blocks near the mask's bounding box are computed (the others are exactly 0), so
-//! small objects in large images cost little. Images with `round(H/28) == 0` or
+//! Cost: O(runs + boundary blocks), memory O(object bounding box). Only blocks near the
+//! mask's bounding box are considered (the others are exactly 0); among them, blocks whose
+//! source pixels are all background or all foreground are decided from the RLE runs, and only
+//! boundary blocks are resized and averaged. The resize taps are cached per thread for the
+//! last image size (objects of one image come together). Images with `round(H/28) == 0` or
 //! `round(W/28) == 0` (a side under 14 px; cv2 raises there, so PaDT crashes) have no grid:
 //! every object gets an empty patch list (the caller drops it as "no patch").
 
