@@ -9,19 +9,29 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use padt_data::image::{
-    decode_image, padt_upscale, DecodeOptions, ImageProcessor, ImageProcessorConfig,
-    JpegDecoderKind,
+    decode_image, padt_upscale, pillow_resize, DecodeOptions, ImageProcessor, ImageProcessorConfig,
+    JpegDecoderKind, ResampleFilter,
 };
 
+/// CPU time of the calling thread (`/proc/thread-self/schedstat`, nanoseconds on a CPU), so that
+/// the rate is per busy core even on a loaded machine.
+fn thread_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    let ns: u64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    ns as f64 * 1e-9
+}
+
+/// Items per CPU-second of `f`, run for about `seconds` of wall time.
 fn rate(seconds: f64, blobs: &[Vec<u8>], mut f: impl FnMut(&[u8])) -> f64 {
     f(&blobs[0]);
     let t0 = Instant::now();
+    let c0 = thread_cpu_seconds();
     let mut n = 0usize;
     while t0.elapsed() < Duration::from_secs_f64(seconds) {
         f(&blobs[n % blobs.len()]);
         n += 1;
     }
-    n as f64 / t0.elapsed().as_secs_f64()
+    n as f64 / (thread_cpu_seconds() - c0)
 }
 
 fn main() {
@@ -51,7 +61,9 @@ fn main() {
         let full = rate(seconds, &blobs, |b| {
             black_box(processor.process_encoded(b, "bench", &options).unwrap());
         });
-        println!("{kind:?}: decode only {decode:.1} images/s; full path {full:.1} samples/s");
+        println!(
+            "{kind:?}: decode only {decode:.1} images/CPU-s; full path {full:.1} samples/CPU-s"
+        );
     }
     // Stages on decoded images (decoder-independent).
     let decoded: Vec<_> = blobs
@@ -73,6 +85,25 @@ fn main() {
         j += 1;
     });
     println!(
-        "bicubic resize only {resize:.1} images/s; normalise+patchify only {patchify:.1} images/s"
+        "bicubic resize only {resize:.1} images/CPU-s; normalise+patchify only {patchify:.1} images/CPU-s"
     );
+    // The two resize passes separately, on the first image.
+    let d = &decoded[0];
+    let (h, w) = processor.target_size(d.height, d.width).unwrap();
+    for (name, ow, oh) in [("horizontal", w, d.height), ("vertical", d.width, h)] {
+        let r = rate(seconds / 2.0, &blobs, |_| {
+            black_box(pillow_resize::<3>(
+                &d.data,
+                d.width,
+                d.height,
+                ow,
+                oh,
+                ResampleFilter::Bicubic,
+            ));
+        });
+        println!(
+            "{name} pass only ({}x{} -> {ow}x{oh}): {r:.1} images/CPU-s",
+            d.width, d.height
+        );
+    }
 }
