@@ -126,6 +126,27 @@ impl StreamingWriter {
                 ),
             ));
         }
+        self.write_le_f32(values)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes f32 values little-endian: the memory itself on little-endian machines.
+    #[cfg(target_endian = "little")]
+    fn write_le_f32(&mut self, values: &[f32]) -> Result<(), TensorIoError> {
+        // SAFETY: f32 has no padding or invalid bit patterns as bytes, u8 has alignment 1,
+        // and the byte length is exactly that of the slice.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        self.out
+            .write_all(bytes)
+            .map_err(|e| TensorIoError::io(&self.path, e))
+    }
+
+    /// Writes f32 values little-endian (byte-swapped on big-endian machines).
+    #[cfg(not(target_endian = "little"))]
+    fn write_le_f32(&mut self, values: &[f32]) -> Result<(), TensorIoError> {
         let mut buf = Vec::with_capacity(values.len().min(1 << 20) * 4);
         for chunk in values.chunks(1 << 20) {
             buf.clear();
@@ -136,7 +157,6 @@ impl StreamingWriter {
                 .write_all(&buf)
                 .map_err(|e| TensorIoError::io(&self.path, e))?;
         }
-        self.next += 1;
         Ok(())
     }
 
