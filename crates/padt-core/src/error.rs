@@ -40,6 +40,10 @@ pub enum MaskError {
     /// A coordinate is NaN or infinite.
     #[error("polygon #{index} has a non-finite coordinate")]
     NonFiniteCoordinate { index: usize },
+    /// A polygon so large (coordinates far outside any image) that pycocotools' boundary walk
+    /// would need more than [`crate::polygon::MAX_BOUNDARY_POINTS`] points.
+    #[error("polygon #{index} is too large to rasterise ({points} boundary points; coordinates far outside the image?)")]
+    PolygonTooLarge { index: usize, points: u64 },
     /// A segmentation JSON value of a shape pycocotools does not accept.
     #[error("unsupported segmentation: {0}")]
     Unsupported(String),

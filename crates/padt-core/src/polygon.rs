@@ -18,6 +18,10 @@ use crate::rle::Rle;
 /// The vertex upsampling factor of `rleFrPoly`.
 const SCALE: f64 = 5.0;
 
+/// Upper bound on the boundary points of one polygon (pycocotools allocates them all; a COCO
+/// polygon has at most a few hundred thousand). Beyond it [`MaskError::PolygonTooLarge`].
+pub const MAX_BOUNDARY_POINTS: u64 = 1 << 27;
+
 impl Rle {
     /// Rasterises one polygon `[x0, y0, x1, y1, ...]` (pixel coordinates, pixel `(x, y)`
     /// covers `[x, x+1) x [y, y+1)`) into a `height x width` mask, bit-identical to pycocotools
@@ -32,7 +36,7 @@ impl Rle {
         if xy.iter().any(|v| !v.is_finite()) {
             return Err(MaskError::NonFiniteCoordinate { index: 0 });
         }
-        Ok(rasterize_polygon(xy, height, width))
+        rasterize_polygon(xy, height, width)
     }
 
     /// A filled COCO box `[x, y, w, h]`, bit-identical to pycocotools `frBbox` (`rleFrBbox`).
@@ -44,13 +48,13 @@ impl Rle {
 }
 
 /// `rleFrPoly` on finite coordinates of even length.
-fn rasterize_polygon(xy: &[f64], height: u32, width: u32) -> Rle {
+fn rasterize_polygon(xy: &[f64], height: u32, width: u32) -> Result<Rle, MaskError> {
     let k = xy.len() / 2;
     let h = height as i64;
     let w = width as i64;
     if k == 0 {
         // pycocotools reads uninitialised memory here; the only sensible answer is "nothing".
-        return Rle::empty(height, width);
+        return Ok(Rle::empty(height, width));
     }
     // Vertices on the 5x grid, C `(int)(v + .5)` = truncation toward zero.
     let mut vx: Vec<i32> = Vec::with_capacity(k + 1);
@@ -63,13 +67,20 @@ fn rasterize_polygon(xy: &[f64], height: u32, width: u32) -> Rle {
     vy.push(vy[0]);
 
     // Dense boundary points (u, v) along every edge, both end points included.
-    let total: usize = (0..k)
+    let total: u64 = (0..k)
         .map(|j| {
             let dx = (vx[j] as i64 - vx[j + 1] as i64).unsigned_abs();
             let dy = (vy[j] as i64 - vy[j + 1] as i64).unsigned_abs();
-            dx.max(dy) as usize + 1
+            dx.max(dy) + 1
         })
         .sum();
+    if total > MAX_BOUNDARY_POINTS {
+        return Err(MaskError::PolygonTooLarge {
+            index: 0,
+            points: total,
+        });
+    }
+    let total = total as usize;
     let mut u: Vec<i64> = Vec::with_capacity(total);
     let mut v: Vec<i64> = Vec::with_capacity(total);
     for j in 0..k {
@@ -153,11 +164,11 @@ fn rasterize_polygon(xy: &[f64], height: u32, width: u32) -> Rle {
             }
         }
     }
-    Rle {
+    Ok(Rle {
         height,
         width,
         counts,
-    }
+    })
 }
 
 #[inline]
@@ -184,6 +195,10 @@ mod tests {
         assert_eq!(Rle::from_polygon(&[1.0, 1.0], 4, 4).unwrap().area(), 0);
         assert!(Rle::from_polygon(&[1.0, 1.0, 2.0], 4, 4).is_err());
         assert!(Rle::from_polygon(&[1.0, f64::NAN, 2.0, 2.0], 4, 4).is_err());
+        assert!(matches!(
+            Rle::from_polygon(&[0.0, 0.0, 1e12, 0.0, 1e12, 1e12], 10, 10),
+            Err(MaskError::PolygonTooLarge { .. })
+        ));
         assert_eq!(
             Rle::from_polygon(&[0.0, 0.0, 3.0, 3.0, 0.0, 3.0], 0, 0)
                 .unwrap()

@@ -243,13 +243,16 @@ impl Rle {
     /// (so the result's counts equal pycocotools' `merge(rles)` exactly).
     pub fn merge(rles: &[Rle]) -> Result<Rle, MaskError> {
         let first = rles.first().ok_or(MaskError::Empty("no RLE to merge"))?;
-        for r in &rles[1..] {
+        for r in rles {
             if r.size() != first.size() {
                 return Err(MaskError::MergeSizeMismatch {
                     a: first.size(),
                     b: r.size(),
                 });
             }
+            // The run walk below only terminates when every input covers exactly h*w pixels
+            // (the fields are public, so an RLE may have been built unchecked).
+            check_sum(&r.counts, r.height, r.width)?;
         }
         let mut acc = first.counts.clone();
         let mut out = Vec::with_capacity(acc.len());
@@ -425,6 +428,29 @@ mod tests {
         assert!(matches!(
             decode_counts_string("O"),
             Err(MaskError::RleCountOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn merge_is_a_union_and_rejects_bad_inputs() {
+        let a = Rle::from_counts(2, 3, vec![1, 2, 3]).unwrap(); // pixels 1, 2
+        let b = Rle::from_counts(2, 3, vec![2, 2, 2]).unwrap(); // pixels 2, 3
+        assert_eq!(Rle::merge(&[a.clone(), b]).unwrap().counts, vec![1, 3, 2]);
+        assert_eq!(Rle::merge(std::slice::from_ref(&a)).unwrap(), a);
+        assert!(matches!(Rle::merge(&[]), Err(MaskError::Empty(_))));
+        let other_size = Rle::empty(3, 2);
+        assert!(matches!(
+            Rle::merge(&[a.clone(), other_size]),
+            Err(MaskError::MergeSizeMismatch { .. })
+        ));
+        let unchecked = Rle {
+            height: 2,
+            width: 3,
+            counts: vec![1, 2],
+        };
+        assert!(matches!(
+            Rle::merge(&[a, unchecked]),
+            Err(MaskError::RleSumMismatch { .. })
         ));
     }
 }

@@ -152,7 +152,12 @@ pub fn polygons_to_rle(polys: &[Vec<f64>], height: u32, width: u32) -> Result<Rl
         if p.is_empty() {
             return Err(MaskError::DegeneratePolygon { index: i, len: 0 });
         }
-        parts.push(Rle::from_polygon(p, height, width)?);
+        parts.push(Rle::from_polygon(p, height, width).map_err(|e| match e {
+            MaskError::PolygonTooLarge { points, .. } => {
+                MaskError::PolygonTooLarge { index: i, points }
+            }
+            other => other,
+        })?);
     }
     Rle::merge(&parts)
 }
