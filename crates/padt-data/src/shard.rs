@@ -1005,7 +1005,15 @@ pub fn write_dataset(
 
     // Entries of an earlier (possibly interrupted) run in this folder.
     let mut previous: BTreeMap<u64, ShardEntry> = BTreeMap::new();
-    if let Ok(m) = Manifest::read(dir) {
+    if dir.join(MANIFEST_FILE).exists() {
+        // Never overwrite a file that is not ours (`--out` pointed at the wrong folder).
+        let m = Manifest::read(dir).map_err(|e| ShardError::Unwritable {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "it holds a manifest.json that is not a readable shard manifest ({e}); \
+                 choose another folder or remove it"
+            )),
+        })?;
         for (k, e) in m.shards.into_iter().enumerate() {
             previous.insert(k as u64, e);
         }

@@ -360,6 +360,33 @@ fn unwritable_output_folder_is_named() {
 }
 
 #[test]
+fn foreign_manifest_is_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(MANIFEST_FILE),
+        b"{\"name\": \"my project\"}",
+    )
+    .unwrap();
+    let err = write_dataset(
+        dir.path(),
+        &bytes_items(),
+        &DropCounts::new(),
+        &options(ImageMode::Embedded, 4),
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, ShardError::Unwritable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not a readable shard manifest"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap(),
+        b"{\"name\": \"my project\"}"
+    );
+}
+
+#[test]
 fn empty_source_gives_an_empty_dataset() {
     let dir = tempfile::tempdir().unwrap();
     let m = write_dataset(
