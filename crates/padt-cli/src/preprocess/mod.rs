@@ -5,6 +5,7 @@
 //! source from `padt_data::sources`, write shards with `padt_data::shard`), `inspect`,
 //! `export-jsonl`, `verify`.
 
+pub mod encode;
 pub mod export;
 pub mod inspect;
 pub mod sources;
@@ -44,6 +45,8 @@ pub enum Command {
     ExportJsonl(export::ExportArgs),
     /// Check a shard folder: checksums, images, RLEs and patches.
     Verify(verify::VerifyArgs),
+    /// Encode one image + prompt (+ completion) as the model sees it: safetensors + rendered text.
+    EncodeSample(encode::EncodeSampleArgs),
 }
 
 /// Runs the parsed command line.
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::ExportJsonl(a) => export::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::EncodeSample(a) => encode::run(a),
     }
 }
