@@ -1085,34 +1085,32 @@ impl ImageProcessor {
         let patch_dim = self.config.patch_dim();
         let plane = p * p;
         let num_patches = gh * gw;
-        let mut pixel_values = vec![0f32; num_patches * patch_dim];
+        // Rows are written in output order with `extend`, so the buffer is never zero-filled.
+        let mut pixel_values = Vec::with_capacity(num_patches * patch_dim);
+        let mut frame = vec![0f32; plane];
         let row_stride = resized.width * 3;
-        let mut rows = pixel_values.chunks_exact_mut(patch_dim);
         for bh in 0..gh / m {
             for bw in 0..gw / m {
                 for i in 0..m {
                     for j in 0..m {
-                        let row = rows.next().expect("patch count");
                         let (y0, x0) = ((bh * m + i) * p, (bw * m + j) * p);
                         for (c, lut) in self.lut.iter().enumerate() {
-                            let (first, rest) =
-                                row[c * t * plane..(c + 1) * t * plane].split_at_mut(plane);
-                            for py in 0..p {
+                            for (py, dst) in frame.chunks_exact_mut(p).enumerate() {
                                 let src = &resized.data[(y0 + py) * row_stride + x0 * 3..][..p * 3];
-                                let dst = &mut first[py * p..(py + 1) * p];
                                 for (d, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
                                     *d = lut[px[c] as usize];
                                 }
                             }
                             // Temporal duplication: the same frame `t` times.
-                            for frame in rest.chunks_exact_mut(plane) {
-                                frame.copy_from_slice(first);
+                            for _ in 0..t {
+                                pixel_values.extend_from_slice(&frame);
                             }
                         }
                     }
                 }
             }
         }
+        debug_assert_eq!(pixel_values.len(), num_patches * patch_dim);
         ProcessedImage {
             pixel_values,
             num_patches,
