@@ -53,6 +53,24 @@ pub fn draw_objects(image: &RgbImage, objects: &[DetectedObject]) -> RgbImage {
     canvas
 }
 
+/// [`draw_objects`] on raw `[height, width, 3]` RGB bytes, encoded as PNG.
+pub fn draw_png(
+    rgb: &[u8],
+    width: u32,
+    height: u32,
+    objects: &[DetectedObject],
+) -> Result<Vec<u8>, image::ImageError> {
+    let image = RgbImage::from_raw(width, height, rgb.to_vec()).ok_or_else(|| {
+        image::ImageError::Parameter(image::error::ParameterError::from_kind(
+            image::error::ParameterErrorKind::DimensionMismatch,
+        ))
+    })?;
+    let canvas = draw_objects(&image, objects);
+    let mut png = Vec::new();
+    canvas.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
+}
+
 fn blend_mask(canvas: &mut RgbImage, rle: &Rle, color: [u8; 3]) {
     let w = canvas.width() as usize;
     // Row-major 0/1 mask of the canvas size.
@@ -62,9 +80,9 @@ fn blend_mask(canvas: &mut RgbImage, rle: &Rle, color: [u8; 3]) {
             continue;
         }
         let p = canvas.get_pixel_mut((i % w) as u32, (i / w) as u32);
-        for c in 0..3 {
-            p.0[c] =
-                (p.0[c] as f32 * (1.0 - MASK_ALPHA) + color[c] as f32 * MASK_ALPHA).round() as u8;
+        for (channel, &tint) in p.0.iter_mut().zip(&color) {
+            *channel =
+                (*channel as f32 * (1.0 - MASK_ALPHA) + tint as f32 * MASK_ALPHA).round() as u8;
         }
     }
 }
