@@ -2,7 +2,9 @@
 //! foreground patches (COCO rule), single thread. Input from `tools/bench_masks.py`, which also
 //! times PaDT's Python (pycocotools + cv2 + numpy) on the same objects.
 //!
-//! `cargo run --release -p padt-data --example mask_patches_bench -- /tmp/padt_mask_bench.json`
+//! `cargo run --release -p padt-data --example mask_patches_bench -- /tmp/padt_mask_bench.json
+//! [/tmp/padt_mask_bench_expected.json]`: with the second file, every object's RLE string and
+//! patches (both rules) are also compared with the Python results (untimed).
 
 use padt_core::segmentation::polygons_to_rle;
 use padt_data::patches::{foreground_patches, PatchRule};
@@ -68,6 +70,32 @@ fn main() {
             "rust {rule:?}: {} objects in {dt:.3} s = {:.0} objects/s (1 thread); kept {kept}, patches {total}, rle chars {chars}",
             objs.len(),
             objs.len() as f64 / dt
+        );
+    }
+
+    if let Some(expected_path) = std::env::args().nth(2) {
+        let text = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{expected_path}: {e}"));
+        let expected: Vec<serde_json::Value> = serde_json::from_str(&text).expect("expected json");
+        assert_eq!(expected.len(), objs.len(), "object count");
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let (mut bad_rle, mut bad_u8, mut bad_f32) = (0usize, 0usize, 0usize);
+        for ((h, w, parts), e) in objs.iter().zip(&expected) {
+            let rle = polygons_to_rle(parts, *h, *w).expect("polygon");
+            bad_rle += usize::from(rle.to_compressed() != e["counts"].as_str().unwrap());
+            bad_u8 += usize::from(foreground_patches(&rle, PatchRule::CocoU8) != ids(&e["u8"]));
+            bad_f32 +=
+                usize::from(foreground_patches(&rle, PatchRule::RefcocoF32) != ids(&e["f32"]));
+        }
+        println!(
+            "exactness vs Python: {} objects, RLE string mismatches {bad_rle}, COCO patch mismatches {bad_u8}, RefCOCO patch mismatches {bad_f32}",
+            objs.len()
         );
     }
 }
