@@ -1,4 +1,5 @@
 //! padt-cli: the command-line tools. The binaries in `src/bin/` are thin wrappers over these
 //! modules.
 
+pub mod demo;
 pub mod preprocess;
