@@ -294,6 +294,34 @@ fn left_padded_batch_generates_each_sample_as_alone() {
     assert!(out.generated[1][5..10]
         .iter()
         .all(|&id| (1024..1048).contains(&id)));
+
+    // Objects of both samples decoded together: sample 1's object is the golden one.
+    let tok = PadtTokenizer::from_dir(&golden_dir().join("checkpoint"), 1024, 0).unwrap();
+    let parsed: Vec<ParsedCompletion> = (0..2)
+        .map(|b| {
+            parse_completion(
+                &out.generated[b],
+                ParseVocab {
+                    vocab_size: 1024,
+                    eos_token_id: EOS,
+                    vrt_count: out.vrt_counts[b] as u32,
+                },
+                |id| tok.decode(&[id as u32], false).unwrap(),
+            )
+        })
+        .collect();
+    let decoded = decode_objects(&model, &out, &parsed, &[(168, 112), (168, 112)]).unwrap();
+    let want = &g.json["objects"][0];
+    let object = &decoded.objects[1][0];
+    assert_eq!(object.sample, 1);
+    assert_eq!(
+        object.bbox.to_vec(),
+        serde_json::from_value::<Vec<f64>>(want["box_xywh_pixels"].clone()).unwrap()
+    );
+    assert_eq!(
+        object.mask.as_ref().unwrap().to_compressed(),
+        want["mask_rle"]["counts"].as_str().unwrap()
+    );
 }
 
 #[test]
