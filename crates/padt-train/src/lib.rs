@@ -24,3 +24,4 @@ pub mod recipe;
 pub mod schedule;
 pub mod step;
 pub mod tensor_io;
+pub mod trainer;

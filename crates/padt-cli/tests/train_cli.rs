@@ -1,0 +1,243 @@
+//! `padt-train` end to end on the padt-tiny checkpoint (CPU): outputs, `--stop-after-steps` and
+//! `--resume`, `--random-init`, and the errors users see for bad invocations.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use padt_data::manifest::{ImageMode, SourceInfo};
+use padt_data::record::{ImageData, Record, RecordObject, RleJson, SourceItem, Task};
+use padt_data::shard::{write_dataset, WriteOptions};
+use serde_json::Value;
+
+fn golden_dir() -> PathBuf {
+    std::env::var_os("PADT_TINY_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/padt-tiny")
+        })
+}
+
+fn recipe_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny_test.yaml")
+}
+
+/// The golden batch's two records as an embedded shard directory.
+fn write_shards(dir: &Path) {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("batch.json")).unwrap())
+            .unwrap();
+    let items: Vec<SourceItem> = json["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SourceItem {
+            record: Record {
+                id: i as i64,
+                image: s["image"].as_str().unwrap().to_string(),
+                prompt: s["problem"].as_str().unwrap().to_string(),
+                answer_template: s["answer_template"].as_str().unwrap().to_string(),
+                objects: s["objects"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| RecordObject {
+                        patches: o["patches"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|p| p.as_u64().unwrap() as u32)
+                            .collect(),
+                        bbox: std::array::from_fn(|k| o["bbox"][k].as_f64().unwrap()),
+                        iscrowd: o["iscrowd"].as_i64().unwrap(),
+                        area: o["area"].as_f64().unwrap(),
+                        area_is_int: false,
+                        rle: Some(RleJson {
+                            size: [
+                                o["rle"]["size"][0].as_u64().unwrap() as u32,
+                                o["rle"]["size"][1].as_u64().unwrap() as u32,
+                            ],
+                            counts: o["rle"]["counts"].as_str().unwrap().to_string(),
+                        }),
+                        label: o["label"].as_str().unwrap().to_string(),
+                    })
+                    .collect(),
+                task: if i == 0 { Task::Ovd } else { Task::Refering },
+            },
+            image: ImageData::File(golden_dir().join(s["image"].as_str().unwrap())),
+            width: s["size_wh"][0].as_u64().unwrap() as u32,
+            height: s["size_wh"][1].as_u64().unwrap() as u32,
+        })
+        .collect();
+    let opts = WriteOptions {
+        shard_size: 2,
+        image_mode: ImageMode::Embedded,
+        source: SourceInfo {
+            kind: "padt-jsonl".into(),
+            options: BTreeMap::new(),
+        },
+        split: "train".into(),
+        tool: "train-cli-test".into(),
+        tool_version: "0".into(),
+        check_image_headers: true,
+    };
+    write_dataset(dir, &items, &BTreeMap::new(), &opts, &|_| {}).unwrap();
+}
+
+fn padt_train(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_padt-train"))
+        .args(args)
+        .output()
+        .expect("padt-train runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `--config tiny_test.yaml` pointed at `model` and `shards`, writing into `out`.
+fn base_args(model: &Path, shards: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "--config".into(),
+        recipe_file().display().to_string(),
+        "--set".into(),
+        format!("model.path={}", model.display()),
+        "--set".into(),
+        format!("data.datasets.0.shards={}", shards.display()),
+        "--output-dir".into(),
+        out.display().to_string(),
+    ]
+}
+
+fn metrics_lines(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[test]
+fn stop_resume_and_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards);
+    let out = tmp.path().join("run");
+    let model = golden_dir().join("checkpoint");
+    let mut args = base_args(&model, &shards, &out);
+    args.extend(["--set".into(), "training.max_steps=4".into()]);
+
+    let mut first = args.clone();
+    first.extend(["--stop-after-steps".into(), "2".into()]);
+    let o = padt_train(&first);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("training finished"), "{stdout}");
+    assert!(stdout.contains("stopped after 2 steps"), "{stdout}");
+    for f in [
+        "config.yaml",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoint-2/model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing: {}", text(&o));
+    }
+    assert_eq!(metrics_lines(&out), 2);
+    let saved = std::fs::read_to_string(out.join("config.yaml")).unwrap();
+    assert!(saved.contains("max_steps: 4"), "{saved}");
+
+    // A fresh run into the same directory is refused.
+    let o = padt_train(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+
+    let mut resumed = args.clone();
+    resumed.push("--resume".into());
+    let o = padt_train(&resumed);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed from"), "{}", text(&o));
+    assert_eq!(metrics_lines(&out), 4);
+    assert!(out.join("checkpoint-4/trainer_state.json").is_file());
+}
+
+#[test]
+fn random_init_needs_only_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards);
+    // The checkpoint directory without its weights.
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(golden_dir().join("checkpoint")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "model.safetensors" {
+            std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+        }
+    }
+    let out = tmp.path().join("run");
+    let mut args = base_args(&model, &shards, &out);
+    args.extend(["--set".into(), "training.max_steps=1".into()]);
+
+    let o = padt_train(&args);
+    assert!(
+        !o.status.success(),
+        "weights are required without --random-init"
+    );
+    assert!(text(&o).contains("model.safetensors"), "{}", text(&o));
+
+    args.push("--random-init".into());
+    let o = padt_train(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("random init"), "{}", text(&o));
+    assert!(out.join("checkpoint-1/model.safetensors").is_file());
+}
+
+#[test]
+fn bad_invocations_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards);
+    let model = golden_dir().join("checkpoint");
+    let out = tmp.path().join("run");
+
+    let mut args = base_args(&model, &shards, &out);
+    args.extend(["--set".into(), "optimizer.lrr=1".into()]);
+    let o = padt_train(&args);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("did you mean `optimizer.lr`"),
+        "{}",
+        text(&o)
+    );
+
+    let mut args = base_args(&model, &tmp.path().join("nowhere"), &out);
+    args.extend(["--set".into(), "training.max_steps=1".into()]);
+    let o = padt_train(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nowhere"), "{}", text(&o));
+
+    let mut args = base_args(&model, &shards, &out);
+    args.extend([
+        "--set".into(),
+        "training.devices=[cpu, cpu]".into(),
+        "--set".into(),
+        "training.global_batch_size=null".into(),
+    ]);
+    let o = padt_train(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("NCCL"), "{}", text(&o));
+
+    if !cfg!(feature = "cuda") {
+        let mut args = base_args(&model, &shards, &out);
+        args.extend(["--set".into(), "training.devices=[cuda:0]".into()]);
+        let o = padt_train(&args);
+        assert!(!o.status.success());
+        assert!(text(&o).contains("without CUDA"), "{}", text(&o));
+    }
+    assert!(!out.join("metrics.jsonl").exists(), "nothing was trained");
+}
