@@ -44,7 +44,9 @@ use padt_model::weights::{load_module, Checkpoint, LoadOptions};
 use padt_model::{ModelError, Qwen2_5VlConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_checkpoint, CheckpointError, CheckpointManager, TrainerState};
+use crate::checkpoint::{
+    load_checkpoint, read_trainer_state, CheckpointError, CheckpointManager, TrainerState,
+};
 use crate::clip::clip_grad_norm;
 use crate::loss::LossConfig;
 use crate::metrics::{plot_losses, summary, MetricsError, MetricsLog, StepMetrics};
@@ -629,6 +631,11 @@ pub fn train<B: AutodiffBackend>(
         .unwrap_or(steps_per_epoch * config.training.epochs as u64);
     let schedule = LrSchedule::from_config(&config.schedule, config.optimizer.lr, total_steps);
     let samples = data.sampler.len();
+    if let Some((_, path)) = &resume_from {
+        // Refuse a foreign checkpoint before reading its tensors.
+        let state = read_trainer_state(path)?;
+        check_resume(path, &state, config, &schedule, steps_per_epoch)?;
+    }
 
     // Model and optimizer.
     let init = if resume_from.is_some() {
@@ -656,7 +663,6 @@ pub fn train<B: AutodiffBackend>(
     if let Some((_, path)) = &resume_from {
         let (loaded, state) = load_checkpoint::<B, _>(path, model, &mut optim, device)?;
         model = loaded;
-        check_resume(path, &state, config, &schedule, steps_per_epoch)?;
         step = state.step;
         nonfinite_skips = state.nonfinite_skips;
     }

@@ -403,6 +403,23 @@ fn checkpoint_round_trips_model_optimizer_and_state() {
     assert_eq!(again.step, 2);
     assert_eq!(params(&again.model), params(&outcome.model));
     assert_eq!(again.records.len(), 2);
+
+    // A recipe that would not continue the same run is refused, naming the difference.
+    for (change, words) in [
+        ("training.max_steps=3", "schedule"),
+        ("seed=7", "seed"),
+        ("training.per_device_batch_size=1", "global batch"),
+    ] {
+        let changed = recipe(&shards, &out, &["training.max_steps=2", change]);
+        let resume = TrainOptions {
+            resume: true,
+            ..Default::default()
+        };
+        let err = train::<A>(&changed, &resume, &Default::default(), &mut |_| {})
+            .err()
+            .unwrap_or_else(|| panic!("{change}: resumed"));
+        assert!(err.to_string().contains(words), "{change}: {err}");
+    }
 }
 
 #[test]
