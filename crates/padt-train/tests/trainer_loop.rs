@@ -464,3 +464,33 @@ fn non_finite_steps_are_skipped_then_abort() {
         "two skips allowed, the third aborts (logged)"
     );
 }
+
+#[test]
+fn a_bad_record_stops_the_run_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    let mut items = golden_items(false);
+    // Record 1's template names an object it does not have.
+    items[1].record.answer_template = "The cup is <|Obj_3|>.".into();
+    write_shards(&shards, &items);
+    let out = tmp.path().join("run");
+    let config = recipe(&shards, &out, &["training.max_steps=1"]);
+    let err = train::<A>(
+        &config,
+        &TrainOptions::default(),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .err()
+    .expect("fails");
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("dataset tiny_batch record 1"),
+        "the error names the record: {text}"
+    );
+    assert!(
+        !out.join("checkpoint-1").exists(),
+        "no checkpoint of a failed step"
+    );
+}
