@@ -155,7 +155,7 @@ fn prefetch_is_bounded_and_wait_is_reported() {
     let first = loader.next().unwrap().unwrap();
     // The first item had to be produced while we waited.
     assert!(first.wait >= Duration::from_millis(15), "{:?}", first.wait);
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(300));
     // Never more than the consumed item plus the prefetch window.
     assert!(started.load(Ordering::SeqCst) <= 1 + 3);
     // The window was filled while we slept: the next item is ready at once.
