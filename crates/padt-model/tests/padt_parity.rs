@@ -11,7 +11,15 @@ use padt_model::weights::LoadOptions;
 
 const REL: f32 = 1e-5;
 const LOGITS_ABS: f32 = 1e-4;
-const EOS: i64 = 482;
+
+/// `eos_token_id` of the checkpoint's `config.json` (`<|im_end|>`).
+fn eos() -> i64 {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["eos_token_id"].as_i64().unwrap()
+}
 
 fn load() -> PadtModel<B> {
     let (model, report) = PadtModel::<B>::from_pretrained(
@@ -48,7 +56,7 @@ fn train_input(warmup: bool) -> PadtTrainInput<B> {
 }
 
 fn run(warmup: bool) -> PadtTrainOutput<B> {
-    load().forward_train(&train_input(warmup), EOS).unwrap()
+    load().forward_train(&train_input(warmup), eos()).unwrap()
 }
 
 fn check(name: &str, got: Vec<f32>, key: &str) {
@@ -124,10 +132,10 @@ fn decoder_path_matches_golden_warmup_on() {
 
 #[test]
 fn vrt_runs_split_objects_and_stop_at_eos() {
-    let v = 100;
-    let a: &[i64] = &[5, 101, 102, 7, 103, 103, 8, EOS, 104];
+    let (v, eos) = (100, 99);
+    let a: &[i64] = &[5, 101, 102, 7, 103, 103, 8, eos, 104];
     let b: &[i64] = &[110, 111];
-    let runs = vrt_runs(&[a, b], v, EOS);
+    let runs = vrt_runs(&[a, b], v, eos);
     assert_eq!(runs.len(), 3);
     assert_eq!(runs[0].positions, vec![1, 2]);
     assert_eq!(runs[1].prototype_rows, vec![3, 3]);
@@ -138,15 +146,16 @@ fn vrt_runs_split_objects_and_stop_at_eos() {
 fn batch_without_objects_runs_the_dummy_decoder() {
     let model = load();
     let mut input = train_input(false);
+    let v = model.vocab_size() as i64;
     // Replace every VRT of the completions by a plain text token.
     for row in &mut input.input_ids {
         for id in row.iter_mut() {
-            if *id >= 1024 {
+            if *id >= v {
                 *id = 13;
             }
         }
     }
-    let out = model.forward_train(&input, EOS).unwrap();
+    let out = model.forward_train(&input, eos()).unwrap();
     assert!(!out.has_objects);
     assert_eq!(out.decoder.pred_boxes.dims(), [1, 4]);
 }
@@ -155,12 +164,19 @@ fn batch_without_objects_runs_the_dummy_decoder() {
 fn ids_outside_the_extended_vocabulary_are_clear_errors() {
     let model = load();
     let mut input = train_input(false);
-    input.input_ids[1][100] = 1024 + 43;
-    let err = model.forward_train(&input, EOS).unwrap_err().to_string();
-    assert!(err.contains("1067"), "{err}");
+    let merged: usize = input
+        .image_grid_thw
+        .iter()
+        .map(|g| g[0] * g[1] * g[2] / 4)
+        .sum();
+    let width = (model.vocab_size() + merged) as i64;
+    let last = input.input_ids[0].len() - 2;
+    input.input_ids[0][last] = width;
+    let err = model.forward_train(&input, eos()).unwrap_err().to_string();
+    assert!(err.contains(&format!("id {width} ")), "{err}");
     let mut input = train_input(false);
     input.image_grid_thw.pop();
-    let err = model.forward_train(&input, EOS).unwrap_err().to_string();
+    let err = model.forward_train(&input, eos()).unwrap_err().to_string();
     assert!(err.contains("one image per sample"), "{err}");
 }
 

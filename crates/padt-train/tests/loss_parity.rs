@@ -15,8 +15,15 @@ use safetensors::{Dtype, SafeTensors};
 type B = Flex;
 const SCALAR_ABS: f64 = 1e-5;
 const REL: f32 = 1e-5;
-/// Embedding rows of the tiny model (`<|VRT_i|>` = V + i).
-const V: usize = 1024;
+
+/// Embedding rows V of the golden model (`<|VRT_i|>` = V + i), from its `config.json`.
+fn vocab() -> usize {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["vocab_size"].as_u64().unwrap() as usize
+}
 
 fn golden_dir() -> PathBuf {
     std::env::var_os("PADT_TINY_GOLDEN_DIR")
@@ -139,7 +146,7 @@ fn token_targets() -> TokenTargets {
             }
         }
         let vrt_positions: Vec<usize> = (0..len)
-            .filter(|&t| targets.i64[s * len + t] >= V as i64)
+            .filter(|&t| targets.i64[s * len + t] >= vocab() as i64)
             .collect();
         assert_eq!(
             vrt_positions.len(),
@@ -150,7 +157,7 @@ fn token_targets() -> TokenTargets {
             let cols = patches
                 .iter()
                 .filter(|&&p| p != pick)
-                .map(|&p| V + offset + p)
+                .map(|&p| vocab() + offset + p)
                 .collect();
             exclusions.push((s * len + t, cols));
         }
@@ -183,7 +190,7 @@ fn robust_token_loss_matches_golden() {
     }
 
     let logits = tensor::<3>(&read("outputs.safetensors", "loss.logits_masked"));
-    let loss = token_loss(logits, &targets, V, true);
+    let loss = token_loss(logits, &targets, vocab(), true);
     assert_close(
         "per_token_nll",
         &values(loss.per_token_nll.clone()),
@@ -201,8 +208,8 @@ fn robust_token_loss_matches_golden() {
 fn plain_cross_entropy_differs_when_the_vrt_mask_is_off() {
     let targets = token_targets();
     let logits = tensor::<3>(&read("outputs.safetensors", "loss.logits_masked"));
-    let robust = scalar(&token_loss(logits.clone(), &targets, V, true).loss);
-    let plain = scalar(&token_loss(logits, &targets, V, false).loss);
+    let robust = scalar(&token_loss(logits.clone(), &targets, vocab(), true).loss);
+    let plain = scalar(&token_loss(logits, &targets, vocab(), false).loss);
     // Removing competitors can only raise the target's probability.
     assert!(plain > robust + 1e-3, "plain {plain} vs robust {robust}");
 }
@@ -284,7 +291,7 @@ fn decoder_losses_match(prefix: &str) {
     let token = token_loss(
         tensor::<3>(&read(o, "loss.logits_masked")),
         &token_targets(),
-        V,
+        vocab(),
         true,
     );
     let step = combine(

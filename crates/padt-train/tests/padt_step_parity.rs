@@ -28,7 +28,15 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 type A = Autodiff<Flex>;
-const EOS: i64 = 482;
+
+/// `eos_token_id` of the checkpoint's `config.json` (`<|im_end|>`).
+fn eos() -> i64 {
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["eos_token_id"].as_i64().unwrap()
+}
 
 fn golden_dir() -> PathBuf {
     std::env::var_os("PADT_TINY_GOLDEN_DIR")
@@ -219,7 +227,7 @@ fn scalar(t: &Tensor<A, 1>) -> f64 {
 fn loss_and_grads_match(prefix: &str, warmup: bool, grads_file: &str) {
     let model = load_model();
     let batch = golden_batch();
-    let out = compute_loss(&model, &batch, &LossConfig::default(), warmup, EOS).unwrap();
+    let out = compute_loss(&model, &batch, &LossConfig::default(), warmup, eos()).unwrap();
     let o = GoldenFile::open("outputs.safetensors");
     let total = scalar(&out.loss.total);
     let want = o.f32(&format!("{prefix}.loss.total")).1[0] as f64;
@@ -317,7 +325,7 @@ fn three_adamw_steps_match_golden() {
     let want_losses = o.f32("adamw.off.losses").1;
     let want_norms = o.f32("adamw.off.grad_norms_preclip").1;
     for step in 0..=3 {
-        let out = compute_loss(&model, &batch, &LossConfig::default(), false, EOS).unwrap();
+        let out = compute_loss(&model, &batch, &LossConfig::default(), false, eos()).unwrap();
         let loss = scalar(&out.loss.total);
         eprintln!("step {step}: loss {loss} vs {}", want_losses[step]);
         assert!(
