@@ -10,6 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use padt_eval::coco_eval::{self, CocoGroundTruth};
 
+#[path = "../eval_run.rs"]
+mod grounding;
+
 #[derive(Parser)]
 #[command(name = "padt-eval", about = "Evaluate PaDT predictions", version)]
 struct Cli {
@@ -21,6 +24,8 @@ struct Cli {
 enum Command {
     /// COCO bbox AP/AR of a detections file against a COCO instances file (12 numbers, JSON).
     CocoMap(CocoMapArgs),
+    /// Run a PaDT checkpoint on the records of a shard dataset and score REC / RES.
+    Run(grounding::RunArgs),
 }
 
 #[derive(Args)]
@@ -77,5 +82,6 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Command::CocoMap(args) => coco_map(args),
+        Command::Run(args) => grounding::run(args),
     }
 }
