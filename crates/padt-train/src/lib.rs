@@ -9,6 +9,8 @@
 //! - [`nonfinite`]: skipping steps with a non-finite loss or gradient norm.
 //! - [`distributed`]: data-parallel sharding and gradient averaging.
 //! - [`loss`], [`step`]: the PaDT SFT losses and the loss of one collated batch.
+//! - [`trainer`]: the step loop (data → micro-batches → loss → accumulation → clip → AdamW →
+//!   metrics → checkpoints, exact resume).
 //! - [`params`], [`tensor_io`], [`keydoc`]: parameter paths, safetensors streaming, the key reference.
 
 pub mod checkpoint;
