@@ -3,3 +3,4 @@
 
 pub mod demo;
 pub mod preprocess;
+pub mod referring_eval;

@@ -1,12 +1,13 @@
-//! `padt-eval run`: generation on the records of a shard dataset, then REC Acc@0.5 or RES mask
-//! IoU with the metric functions of `padt_eval::grounding_metrics` (docs/inference.md).
-//!
-//! Included by the `padt-eval` binary (`#[path]`), not part of the library.
+//! Referring evaluation: generation on the records of a shard dataset, then REC Acc@0.5 or RES
+//! mask IoU with the metric functions of `padt_eval::grounding_metrics` (docs/inference.md).
+//! Used by `padt-eval run` (a checkpoint directory) and by `padt-train` after training (the
+//! model in memory, `evaluation.*` in the recipe).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Flex;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use padt_core::rle::Rle;
@@ -24,9 +25,7 @@ use padt_model::padt::PadtModel;
 use padt_model::weights::LoadOptions;
 use serde_json::json;
 
-type B = Flex;
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EvalTask {
     /// Acc@0.5 of the box of the prediction labelled with the sentence.
     Rec,
@@ -38,23 +37,46 @@ pub enum EvalTask {
 pub struct RunArgs {
     /// PaDT checkpoint directory.
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Shard dataset folder (manifest.json + shards, docs/data.md) of referring records.
     #[arg(long)]
-    data: PathBuf,
+    pub data: PathBuf,
     #[arg(long, value_enum)]
-    task: EvalTask,
+    pub task: EvalTask,
     /// Prompts generated together (left-padded).
     #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    pub batch_size: usize,
     /// Only the first N records.
     #[arg(long)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
     #[arg(long, default_value_t = 1024)]
-    max_new_tokens: usize,
+    pub max_new_tokens: usize,
     /// Write per-sample results (JSON lines) here.
     #[arg(long)]
-    predictions: Option<PathBuf>,
+    pub predictions: Option<PathBuf>,
+}
+
+/// What to evaluate, for [`evaluate`].
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// Shard dataset folder of referring records.
+    pub data: PathBuf,
+    pub task: EvalTask,
+    /// Prompts generated together (left-padded).
+    pub batch_size: usize,
+    /// Only the first N records.
+    pub limit: Option<usize>,
+    /// Longest completion generated.
+    pub max_new_tokens: usize,
+}
+
+/// The result of [`evaluate`].
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// The metrics (`task`, `samples`, `acc@0.5`, ... as `padt-eval run` prints them).
+    pub summary: serde_json::Value,
+    /// One JSON line per evaluated record (completion, warnings, predictions, ground truth).
+    pub predictions_jsonl: String,
 }
 
 /// One evaluated record.
@@ -65,20 +87,50 @@ struct Evaluated {
     objects: Vec<DetectedObject>,
 }
 
+/// `padt-eval run`: loads the checkpoint directory (weights, tokenizer, processor config) on the
+/// CPU, evaluates, prints the summary and writes the predictions if asked.
 pub fn run(args: &RunArgs) -> Result<()> {
+    let device = Default::default();
+    let (model, _) =
+        PadtModel::<Flex>::from_pretrained(&args.model, &LoadOptions::default(), &device)
+            .with_context(|| {
+                format!("{}: cannot load the PaDT checkpoint", args.model.display())
+            })?;
+    let settings = EvalSettings {
+        data: args.data.clone(),
+        task: args.task,
+        batch_size: args.batch_size,
+        limit: args.limit,
+        max_new_tokens: args.max_new_tokens,
+    };
+    let report = evaluate(&model, &args.model, &args.model, &settings)?;
+    if let Some(path) = &args.predictions {
+        padt_data::shard::write_file_atomic(path, report.predictions_jsonl.as_bytes())
+            .with_context(|| format!("{}: writing predictions", path.display()))?;
+    }
+    println!("{}", serde_json::to_string(&report.summary)?);
+    Ok(())
+}
+
+/// Evaluates `model` on a referring shard dataset. `tokenizer_dir` holds the tokenizer files,
+/// `processor_dir` may hold `preprocessor_config.json` (else PaDT's defaults).
+pub fn evaluate<B: Backend>(
+    model: &PadtModel<B>,
+    tokenizer_dir: &Path,
+    processor_dir: &Path,
+    args: &EvalSettings,
+) -> Result<EvalReport> {
     if args.batch_size == 0 || args.max_new_tokens == 0 {
-        bail!("--batch-size and --max-new-tokens must be at least 1");
+        bail!("the evaluation batch size and max_new_tokens must be at least 1");
     }
     let dataset = ShardDataset::open(&args.data)
         .with_context(|| format!("{}: cannot open the shard dataset", args.data.display()))?;
-    let device = Default::default();
-    let (model, _) = PadtModel::<B>::from_pretrained(&args.model, &LoadOptions::default(), &device)
-        .with_context(|| format!("{}: cannot load the PaDT checkpoint", args.model.display()))?;
+    let device = model.vis_norm.weight.device();
     let vocab = model.vocab_size();
-    let tokenizer = PadtTokenizer::from_dir(&args.model, vocab as u32, 0)
-        .with_context(|| format!("{}: cannot load the tokenizer", args.model.display()))?;
+    let tokenizer = PadtTokenizer::from_dir(tokenizer_dir, vocab as u32, 0)
+        .with_context(|| format!("{}: cannot load the tokenizer", tokenizer_dir.display()))?;
     let template = ChatTemplate::for_tokenizer(&tokenizer)?;
-    let pre_path = args.model.join("preprocessor_config.json");
+    let pre_path = processor_dir.join("preprocessor_config.json");
     let processor = ImageProcessor::new(if pre_path.is_file() {
         ImageProcessorConfig::from_json_file(&pre_path)?
     } else {
@@ -209,12 +261,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
                    "cumulative_iou_any_label": r.cumulative_iou_any_label})
         }
     };
-    if let Some(path) = &args.predictions {
-        padt_data::shard::write_file_atomic(path, lines.as_bytes())
-            .with_context(|| format!("{}: writing predictions", path.display()))?;
-    }
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    Ok(EvalReport {
+        summary,
+        predictions_jsonl: lines,
+    })
 }
 
 /// Ground truth `[x1, y1, x2, y2]` (normalised) → `[x, y, w, h]` pixels of the original image.

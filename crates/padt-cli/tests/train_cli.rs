@@ -24,6 +24,11 @@ fn recipe_file() -> PathBuf {
 
 /// The golden batch's two records as an embedded shard directory.
 fn write_shards(dir: &Path) {
+    write_shards_where(dir, |_| true)
+}
+
+/// The golden batch's records `i` with `keep(i)` as an embedded shard directory.
+fn write_shards_where(dir: &Path, keep: impl Fn(usize) -> bool) {
     let json: Value =
         serde_json::from_str(&std::fs::read_to_string(golden_dir().join("batch.json")).unwrap())
             .unwrap();
@@ -32,6 +37,7 @@ fn write_shards(dir: &Path) {
         .unwrap()
         .iter()
         .enumerate()
+        .filter(|(i, _)| keep(*i))
         .map(|(i, s)| SourceItem {
             record: Record {
                 id: i as i64,
@@ -240,4 +246,46 @@ fn bad_invocations_give_clear_errors() {
         assert!(text(&o).contains("without CUDA"), "{}", text(&o));
     }
     assert!(!out.join("metrics.jsonl").exists(), "nothing was trained");
+}
+
+#[test]
+fn evaluation_after_training_writes_eval_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards);
+    // The referring record alone (REC evaluation needs one object per record).
+    let val = tmp.path().join("val");
+    write_shards_where(&val, |i| i == 1);
+    let out = tmp.path().join("run");
+    let model = golden_dir().join("checkpoint");
+    let mut args = base_args(&model, &shards, &out);
+    args.extend([
+        "--set".into(),
+        "training.max_steps=1".into(),
+        "--set".into(),
+        format!("evaluation.shards={}", val.display()),
+        "--set".into(),
+        "evaluation.max_new_tokens=12".into(),
+    ]);
+    let o = padt_train(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval_metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["task"], "rec");
+    assert_eq!(metrics["samples"], 1);
+    let acc = metrics["rec_acc@0.5"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{metrics}");
+    let predictions = std::fs::read_to_string(out.join("eval_predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 1);
+
+    // A missing evaluation folder is found before training starts.
+    let mut args = base_args(&model, &shards, &tmp.path().join("run2"));
+    args.extend([
+        "--set".into(),
+        format!("evaluation.shards={}", tmp.path().join("nowhere").display()),
+    ]);
+    let o = padt_train(&args);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("evaluation.shards"), "{}", text(&o));
 }

@@ -97,6 +97,8 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointConfig,
     /// Metrics log, plot and progress display.
     pub logging: LoggingConfig,
+    /// Evaluation of the final model on referring records, written to `eval_metrics.json`.
+    pub evaluation: EvaluationConfig,
 }
 
 /// The model to fine-tune.
@@ -420,6 +422,7 @@ impl Default for TrainConfig {
             param_groups: Vec::new(),
             checkpoint: CheckpointConfig::default(),
             logging: LoggingConfig::default(),
+            evaluation: EvaluationConfig::default(),
         }
     }
 }
@@ -568,6 +571,45 @@ impl Default for LoggingConfig {
     }
 }
 
+/// Evaluation of the final model (padt-eval's referring protocol: greedy generation, the
+/// prediction labelled with the sentence, docs/evaluation.md), run when training completes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Shard folder of referring records evaluated after the last step (null: no evaluation).
+    pub shards: Option<PathBuf>,
+    /// `rec` (box Acc@0.5, written as `rec_acc@0.5`) or `res` (mask IoU).
+    pub task: EvaluationTask,
+    /// Prompts generated together (left-padded).
+    pub batch_size: usize,
+    /// Evaluate only the first N records (null: all).
+    pub limit: Option<usize>,
+    /// Longest completion generated per record.
+    pub max_new_tokens: usize,
+}
+
+/// The metric family of [`EvaluationConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluationTask {
+    /// Referring expression comprehension: box Acc@0.5.
+    Rec,
+    /// Referring expression segmentation: mask IoU.
+    Res,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig {
+            shards: None,
+            task: EvaluationTask::Rec,
+            batch_size: 8,
+            limit: None,
+            max_new_tokens: 64,
+        }
+    }
+}
+
 /// A path segment in a dotted key that stands for any list index.
 pub const INDEX_SEGMENT: &str = "N";
 
@@ -690,6 +732,10 @@ impl TrainConfig {
         };
         let t = &self.training;
         check(!self.run_name.trim().is_empty(), "run_name is empty".into());
+        check(
+            self.evaluation.batch_size >= 1 && self.evaluation.max_new_tokens >= 1,
+            "evaluation.batch_size and evaluation.max_new_tokens must be at least 1".into(),
+        );
         check(
             !self.output_dir.as_os_str().is_empty(),
             "output_dir is empty".into(),
@@ -980,6 +1026,14 @@ impl TrainConfig {
                         root.display()
                     ));
                 }
+            }
+        }
+        if let Some(shards) = &self.evaluation.shards {
+            if !shards.join("manifest.json").is_file() {
+                errs.push(format!(
+                    "evaluation.shards {} has no manifest.json",
+                    shards.display()
+                ));
             }
         }
         if errs.is_empty() {

@@ -10,8 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use padt_eval::coco_eval::{self, CocoGroundTruth};
 
-#[path = "../eval_run.rs"]
-mod grounding;
+use padt_cli::referring_eval as grounding;
 
 #[derive(Parser)]
 #[command(name = "padt-eval", about = "Evaluate PaDT predictions", version)]

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use padt_train::recipe::{DeviceSpec, TrainConfig};
+use padt_cli::referring_eval::{evaluate, EvalSettings, EvalTask};
+use padt_train::recipe::{DeviceSpec, EvaluationTask, TrainConfig};
 use padt_train::trainer::{train, ModelInit, TrainEvent, TrainOptions};
 
 /// Supervised fine-tuning of a PaDT model.
@@ -209,6 +211,60 @@ fn run_on<B: burn::tensor::backend::AutodiffBackend>(
     let outcome = train::<B>(config, options, device, &mut observer)?;
     bar.finish_and_clear();
     print!("{}", outcome.summary);
+    if let (Some(shards), false) = (&config.evaluation.shards, outcome.stopped_early) {
+        evaluate_final(config, &outcome.model.valid(), shards)?;
+    }
+    Ok(())
+}
+
+/// Evaluates the final model on `evaluation.shards` and writes `eval_metrics.json` (with
+/// `rec_acc@0.5` for REC) and `eval_predictions.jsonl` into the output directory.
+fn evaluate_final<B: burn::tensor::backend::Backend>(
+    config: &TrainConfig,
+    model: &padt_model::padt::PadtModel<B>,
+    shards: &std::path::Path,
+) -> Result<()> {
+    let e = &config.evaluation;
+    let task = match e.task {
+        EvaluationTask::Rec => EvalTask::Rec,
+        EvaluationTask::Res => EvalTask::Res,
+    };
+    eprintln!("evaluating the final model on {}", shards.display());
+    let report = evaluate(
+        model,
+        config.tokenizer_dir(),
+        &config.model.path,
+        &EvalSettings {
+            data: shards.to_path_buf(),
+            task,
+            batch_size: e.batch_size,
+            limit: e.limit,
+            max_new_tokens: e.max_new_tokens,
+        },
+    )
+    .context("final evaluation")?;
+    // Metric names prefixed by the task, as the run-directory interface documents them.
+    let mut metrics = serde_json::Map::new();
+    if let serde_json::Value::Object(summary) = &report.summary {
+        for (k, v) in summary {
+            let key = match k.as_str() {
+                "task" | "samples" => k.clone(),
+                _ => format!("{}_{k}", summary["task"].as_str().unwrap_or("eval")),
+            };
+            metrics.insert(key, v.clone());
+        }
+    }
+    metrics.insert("data".into(), shards.display().to_string().into());
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(metrics.clone()))? + "\n";
+    let out = &config.output_dir;
+    padt_data::shard::write_file_atomic(&out.join("eval_metrics.json"), text.as_bytes())
+        .with_context(|| format!("{}: writing eval_metrics.json", out.display()))?;
+    padt_data::shard::write_file_atomic(
+        &out.join("eval_predictions.jsonl"),
+        report.predictions_jsonl.as_bytes(),
+    )
+    .with_context(|| format!("{}: writing eval_predictions.jsonl", out.display()))?;
+    println!("evaluation: {}", serde_json::Value::Object(metrics));
     Ok(())
 }
 
