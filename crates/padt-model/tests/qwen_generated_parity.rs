@@ -243,9 +243,10 @@ fn check_variant(variant: &str) {
     let k = g("loss_k").i64[0] as usize;
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     for (b, row) in input_ids.iter().enumerate() {
-        for pos in len - k..len {
+        // The prediction at `pos - 1` is scored against the token at `pos`.
+        for (pos, &target) in row.iter().enumerate().skip(len - k) {
             rows.push((b * len + pos - 1) as i64);
-            targets.push(row[pos]);
+            targets.push(target);
         }
     }
     let n = rows.len();
