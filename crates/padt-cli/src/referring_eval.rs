@@ -206,7 +206,7 @@ pub fn evaluate<B: Backend>(
             grids,
         };
         let generation = generate(
-            &model,
+            model,
             &request,
             &GenerationConfig::new(args.max_new_tokens, eos, pad),
         )?;
@@ -223,7 +223,7 @@ pub fn evaluate<B: Backend>(
                 )
             })
             .collect();
-        let decoded = decode_objects(&model, &generation, &parsed, &sizes)?;
+        let decoded = decode_objects(model, &generation, &parsed, &sizes)?;
         for ((item, p), objects) in chunk.iter().zip(&parsed).zip(decoded.objects) {
             evaluated.push(Evaluated {
                 record: item.clone(),
