@@ -68,16 +68,10 @@ pub fn varlen_attention<B: Backend>(
     scale: f64,
 ) -> Tensor<B, 3> {
     let [tokens, heads, head_dim] = q.dims();
-    let device = q.device();
     let lens: Vec<usize> = cu_seqlens
         .windows(2)
         .map(|w| w[1] - w[0])
         .filter(|&l| l > 0)
-        .collect();
-    let starts: Vec<usize> = cu_seqlens
-        .windows(2)
-        .filter(|w| w[1] > w[0])
-        .map(|w| w[0])
         .collect();
     assert_eq!(
         lens.iter().sum::<usize>(),
@@ -86,43 +80,84 @@ pub fn varlen_attention<B: Backend>(
     );
     let n_seq = lens.len();
     let max_len = lens.iter().copied().max().unwrap_or(0);
-    let to_batch = |x: Tensor<B, 3>| -> Tensor<B, 4> { x.swap_dims(0, 1).unsqueeze_dim(0) };
 
     if lens.iter().all(|&l| l == max_len) {
-        // Equal lengths: a reshape, no gather and no mask.
+        // Equal lengths (one sequence included): a reshape, no gather and no mask.
         let split = |x: Tensor<B, 3>| x.reshape([n_seq, max_len, heads, head_dim]).swap_dims(1, 2);
         let out = attention(split(q), split(k), split(v), None, scale);
         return out.swap_dims(1, 2).reshape([tokens, heads, head_dim]);
     }
-    if n_seq == 1 {
-        let out = attention(to_batch(q), to_batch(k), to_batch(v), None, scale);
-        return out.squeeze_dim::<3>(0).swap_dims(0, 1);
-    }
+    // Unequal lengths: the per-sequence padded batch (empty sequences removed).
+    let mut cu: Vec<usize> = cu_seqlens.to_vec();
+    cu.dedup();
+    varlen_cross_attention(q, k, v, &cu, &cu, scale)
+}
 
-    // Padded slot (i, j) reads token starts[i] + j, or starts[i] (any valid row) when j >= len.
-    let mut gather = Vec::with_capacity(n_seq * max_len);
-    let mut pad = Vec::with_capacity(n_seq * max_len);
-    let mut keep = Vec::with_capacity(tokens);
-    for (i, (&start, &len)) in starts.iter().zip(&lens).enumerate() {
-        for j in 0..max_len {
-            gather.push((start + j.min(len - 1)) as i64);
-            pad.push(j >= len);
+/// Non-causal attention where query rows `cu_q[i]..cu_q[i+1]` attend to key rows
+/// `cu_k[i]..cu_k[i+1]` (flash-attention `varlen` with separate query/key lengths). Sequences
+/// are gathered into one padded batch with a key-padding mask and passed to the crate's one
+/// [`attention`] function.
+///
+/// # Shapes
+/// - `q`: `[tq, heads, head_dim]`, `k`, `v`: `[tk, heads, head_dim]` → `[tq, heads, head_dim]`
+pub fn varlen_cross_attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    cu_q: &[usize],
+    cu_k: &[usize],
+    scale: f64,
+) -> Tensor<B, 3> {
+    let [tq, heads, head_dim] = q.dims();
+    let device = q.device();
+    let n_seq = cu_q.len() - 1;
+    debug_assert_eq!(cu_k.len(), cu_q.len());
+    let q_lens: Vec<usize> = cu_q.windows(2).map(|w| w[1] - w[0]).collect();
+    let k_lens: Vec<usize> = cu_k.windows(2).map(|w| w[1] - w[0]).collect();
+    let max_q = q_lens.iter().copied().max().unwrap_or(0);
+    let max_k = k_lens.iter().copied().max().unwrap_or(0);
+
+    // Padded slot j of sequence i reads row start + min(j, len - 1); padded keys are masked and
+    // padded queries dropped afterwards.
+    let gather = |cu: &[usize], lens: &[usize], max_len: usize| -> Vec<i64> {
+        let mut idx = Vec::with_capacity(n_seq * max_len);
+        for (i, &len) in lens.iter().enumerate() {
+            for j in 0..max_len {
+                idx.push((cu[i] + j.min(len.saturating_sub(1))) as i64);
+            }
         }
-        keep.extend((0..len).map(|j| (i * max_len + j) as i64));
+        idx
+    };
+    let to_tensor = |idx: Vec<i64>| {
+        let n = idx.len();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device)
+    };
+    let q_idx = to_tensor(gather(cu_q, &q_lens, max_q));
+    let k_idx = to_tensor(gather(cu_k, &k_lens, max_k));
+    let mut pad = Vec::with_capacity(n_seq * max_k);
+    for &len in &k_lens {
+        pad.extend((0..max_k).map(|j| j >= len));
     }
-    let gather =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(gather, [n_seq * max_len]), &device);
-    let keep = Tensor::<B, 1, Int>::from_data(TensorData::new(keep, [tokens]), &device);
     let key_pad =
-        Tensor::<B, 4, Bool>::from_data(TensorData::new(pad, [n_seq, 1, 1, max_len]), &device)
-            .expand([n_seq, 1, max_len, max_len]);
-    let split = |x: Tensor<B, 3>| {
-        x.select(0, gather.clone())
-            .reshape([n_seq, max_len, heads, head_dim])
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(pad, [n_seq, 1, 1, max_k]), &device)
+            .expand([n_seq, 1, max_q, max_k]);
+    let batch = |x: Tensor<B, 3>, idx: Tensor<B, 1, Int>, len: usize| {
+        x.select(0, idx)
+            .reshape([n_seq, len, heads, head_dim])
             .swap_dims(1, 2)
     };
-    let out = attention(split(q), split(k), split(v), Some(key_pad), scale);
+    let out = attention(
+        batch(q, q_idx, max_q),
+        batch(k, k_idx.clone(), max_k),
+        batch(v, k_idx, max_k),
+        Some(key_pad),
+        scale,
+    );
+    let mut keep = Vec::with_capacity(tq);
+    for (i, &len) in q_lens.iter().enumerate() {
+        keep.extend((0..len).map(|j| (i * max_q + j) as i64));
+    }
     out.swap_dims(1, 2)
-        .reshape([n_seq * max_len, heads, head_dim])
-        .select(0, keep)
+        .reshape([n_seq * max_q, heads, head_dim])
+        .select(0, to_tensor(keep))
 }
