@@ -1,37 +1,70 @@
-//! Image-path throughput, one thread: decode → PaDT upscale → smart_resize → Pillow bicubic →
-//! normalise → patchify, on every `*.jpg` of a directory (bytes preloaded, like the reference
-//! script). Report: `bench/pipeline.md`.
+//! Input-pipeline throughput, one thread, bytes preloaded (like the reference scripts).
+//! Report: `bench/pipeline.md`.
 //!
-//! `cargo bench -p padt-data --bench pipeline -- IMAGE_DIR [SECONDS]`
+//! - `samples DIR [SECONDS] [TOKENIZER_DIR]`: the full training sample path on the
+//!   `records.jsonl` + JPEGs of `bench/pipeline/make_samples.py`, through exactly the call the
+//!   training loader makes per sample ([`SampleEncoder::prepare_from_bytes`]: decode → PaDT
+//!   upscale → smart_resize → bicubic → normalise → patchify → VRT picks → chat template +
+//!   prompt ids → completion ids → mask target), then its parts alone. Writes
+//!   `DIR/rust_outputs.jsonl` (picks, ids, mask of every record) for the reference script's
+//!   equivalence check.
+//! - `loader DIR [SECONDS] [TOKENIZER_DIR]`: only the loader's call (for `perf record`).
+//! - `images DIR [SECONDS]` (or just `DIR`): the image path alone on every `*.jpg`, per decoder
+//!   and per stage.
+//!
+//! `cargo bench -p padt-data --bench pipeline -- samples /tmp/padt-bench-samples 4`
 
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use padt_data::batch::{mask_target, process_image, SampleEncoder};
 use padt_data::image::{
     decode_image, padt_upscale, pillow_resize, DecodeOptions, ImageProcessor, ImageProcessorConfig,
-    JpegDecoderKind, ResampleFilter,
+    JpegDecoderKind, ProcessedImage, ResampleFilter,
 };
+use padt_data::record::Record;
+use padt_data::targets::{sample_rng, CompletionTarget, PatchSelection};
+use padt_data::tokenizer::PadtTokenizer;
+use padt_data::vrt::merged_tokens;
 
-/// CPU time of the calling thread (`/proc/thread-self/schedstat`, nanoseconds on a CPU), so that
-/// the rate is per busy core even on a loaded machine.
-fn thread_cpu_seconds() -> f64 {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
-    let ns: u64 = text.split_whitespace().next().unwrap().parse().unwrap();
+/// CPU time of this process: the sum over its threads of `/proc/self/task/*/schedstat`
+/// (nanoseconds on a CPU), so that the rate is per busy core even on a loaded machine, and work
+/// a library might hand to another thread would still count.
+fn process_cpu_seconds() -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.unwrap().path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
     ns as f64 * 1e-9
 }
 
-/// Items per CPU-second of `f`, run for about `seconds` of wall time.
-fn rate(seconds: f64, blobs: &[Vec<u8>], mut f: impl FnMut(&[u8])) -> f64 {
-    f(&blobs[0]);
+/// Calls per CPU-second of `f(i)` (`i` = 0, 1, ...), run for about `seconds` of wall time.
+fn rate(seconds: f64, mut f: impl FnMut(usize)) -> f64 {
+    f(0);
     let t0 = Instant::now();
-    let c0 = thread_cpu_seconds();
+    let c0 = process_cpu_seconds();
     let mut n = 0usize;
     while t0.elapsed() < Duration::from_secs_f64(seconds) {
-        f(&blobs[n % blobs.len()]);
+        f(n);
         n += 1;
     }
-    n as f64 / (thread_cpu_seconds() - c0)
+    n as f64 / (process_cpu_seconds() - c0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -39,27 +72,205 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let dir = PathBuf::from(args.first().expect("usage: pipeline IMAGE_DIR [SECONDS]"));
-    let seconds: f64 = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(5.0);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let usage =
+        "usage: pipeline samples|loader DIR [SECONDS] [TOKENIZER_DIR] | images DIR [SECONDS]";
+    let (mode, rest) = match args.first().map(String::as_str) {
+        Some("samples") | Some("images") | Some("loader") => (args[0].as_str(), &args[1..]),
+        Some(_) => ("images", &args[..]),
+        None => panic!("{usage}"),
+    };
+    let dir = PathBuf::from(rest.first().expect(usage));
+    let seconds: f64 = rest.get(1).map(|s| s.parse().unwrap()).unwrap_or(5.0);
+    println!("load average before: {}", load_average());
+    if mode == "samples" || mode == "loader" {
+        let tokenizer_dir = rest.get(2).map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/qwen2_5_vl_tokenizer")
+        });
+        samples(&dir, &tokenizer_dir, seconds, mode == "loader");
+    } else {
+        images(&dir, seconds);
+    }
+    println!("load average after: {}", load_average());
+}
+
+/// The full sample path, as the training loader runs it, and its parts.
+fn samples(dir: &Path, tokenizer_dir: &Path, seconds: f64, loader_only: bool) {
+    let records: Vec<Record> = std::fs::read_to_string(dir.join("records.jsonl"))
+        .expect("records.jsonl (bench/pipeline/make_samples.py)")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let blobs: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| std::fs::read(dir.join(&r.image)).unwrap())
+        .collect();
+    // Qwen2.5-VL-3B's embedding rows, as the trainer loads it (no VRT tokens needed).
+    let tokenizer = PadtTokenizer::from_dir(tokenizer_dir, 151_936, 0).unwrap();
+    let encoder = SampleEncoder::new(tokenizer, PatchSelection::default()).unwrap();
+    let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
+    let decode = DecodeOptions::default();
+    let seed = 42;
+    let n = records.len();
+    println!("records {n}");
+
+    // Outputs of the loader's call, for the reference script's equivalence check.
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(dir.join("rust_outputs.jsonl")).expect("rust_outputs.jsonl"),
+    );
+    for (i, (r, b)) in records.iter().zip(&blobs).enumerate() {
+        let s = encoder
+            .prepare_from_bytes(r, b, &processor, &decode, seed, 0, i as u64)
+            .unwrap();
+        let objects: Vec<_> = s
+            .objects
+            .iter()
+            .map(|o| serde_json::json!({"object": o.object, "picks": o.picks, "mask": o.mask}))
+            .collect();
+        let line = serde_json::json!({
+            "id": r.id,
+            "grid_thw": s.image.grid_thw,
+            "prompt_ids": s.prompt_ids,
+            "completion_ids": s.completion_ids,
+            "objects": objects,
+        });
+        writeln!(out, "{line}").unwrap();
+    }
+    out.flush().unwrap();
+
+    let full = rate(seconds, |i| {
+        let k = i % n;
+        black_box(
+            encoder
+                .prepare_from_bytes(
+                    &records[k],
+                    &blobs[k],
+                    &processor,
+                    &decode,
+                    seed,
+                    0,
+                    i as u64,
+                )
+                .unwrap(),
+        );
+    });
+    println!("full sample path (prepare_from_bytes): {full:.1} samples/CPU-s");
+    if loader_only {
+        return;
+    }
+
+    let image = rate(seconds, |i| {
+        black_box(process_image(&blobs[i % n], "bench", &processor, &decode).unwrap());
+    });
+    println!("  image part alone (decode+upscale+processor): {image:.1} images/CPU-s");
+
+    // The per-sample text and target part on the same images' grids (pixels left out, so the
+    // number is not a 7.4 MB copy).
+    let grids: Vec<(ProcessedImage, u32)> = blobs
+        .iter()
+        .map(|b| {
+            let (img, patch_w) = process_image(b, "bench", &processor, &decode).unwrap();
+            (
+                ProcessedImage {
+                    pixel_values: Vec::new(),
+                    ..img
+                },
+                patch_w,
+            )
+        })
+        .collect();
+    let prepare = rate(seconds, |i| {
+        let k = i % n;
+        let (img, patch_w) = &grids[k];
+        let mut rng = sample_rng(seed, 0, i as u64);
+        let picks = encoder
+            .draw_picks(&records[k], img, *patch_w, &mut rng)
+            .unwrap();
+        black_box(encoder.prepare(&records[k], img.clone(), picks).unwrap());
+    });
+    println!(
+        "  prepare part alone (picks, prompt, completion, mask): {prepare:.1} samples/CPU-s \
+         ({:.3} ms)",
+        1e3 / prepare
+    );
+    let prompt = rate(seconds, |i| {
+        let k = i % n;
+        let merged = merged_tokens(grids[k].0.grid_thw, 2);
+        black_box(
+            encoder
+                .encode_prompt(records[k].id, &records[k].prompt, merged)
+                .unwrap(),
+        );
+    });
+    println!(
+        "    chat template + prompt ids: {prompt:.1}/CPU-s ({:.3} ms)",
+        1e3 / prompt
+    );
+    let completion = rate(seconds, |i| {
+        let k = i % n;
+        let (img, patch_w) = &grids[k];
+        let merged = merged_tokens(img.grid_thw, 2);
+        let mut rng = sample_rng(seed, 0, i as u64);
+        let picks = encoder
+            .draw_picks(&records[k], img, *patch_w, &mut rng)
+            .unwrap();
+        let t = CompletionTarget::from_picks(
+            &records[k],
+            picks,
+            merged,
+            encoder.tokenizer().eos_token(),
+        )
+        .unwrap();
+        black_box(t.token_ids(encoder.tokenizer()).unwrap());
+    });
+    println!(
+        "    picks + completion text + ids: {completion:.1}/CPU-s ({:.3} ms)",
+        1e3 / completion
+    );
+    let rles: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let rle = r.objects[0].rle.as_ref().unwrap();
+            padt_core::Rle::from_string(&rle.counts, rle.size[0], rle.size[1]).unwrap()
+        })
+        .collect();
+    let mask = rate(seconds, |i| {
+        let k = i % n;
+        let g = grids[k].0.grid_thw;
+        black_box(mask_target(&rles[k], 4 * g[1], 4 * g[2]));
+    });
+    println!(
+        "    mask target (RLE decode + cv2 bilinear + threshold): {mask:.1}/CPU-s ({:.3} ms)",
+        1e3 / mask
+    );
+}
+
+/// The image path alone, per decoder and per stage.
+fn images(dir: &Path, seconds: f64) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
         .collect();
     files.sort();
     let blobs: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let n = blobs.len();
     let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
-    println!("files {}", blobs.len());
+    println!("files {n}");
     for kind in [JpegDecoderKind::JpegDecoder, JpegDecoderKind::ZuneJpeg] {
         let options = DecodeOptions {
             jpeg_decoder: kind,
             ..DecodeOptions::default()
         };
-        let decode = rate(seconds, &blobs, |b| {
-            black_box(decode_image(b, "bench", &options).unwrap());
+        let decode = rate(seconds, |i| {
+            black_box(decode_image(&blobs[i % n], "bench", &options).unwrap());
         });
-        let full = rate(seconds, &blobs, |b| {
-            black_box(processor.process_encoded(b, "bench", &options).unwrap());
+        let full = rate(seconds, |i| {
+            black_box(
+                processor
+                    .process_encoded(&blobs[i % n], "bench", &options)
+                    .unwrap(),
+            );
         });
         println!(
             "{kind:?}: decode only {decode:.1} images/CPU-s; full path {full:.1} samples/CPU-s"
@@ -70,19 +281,15 @@ fn main() {
         .iter()
         .map(|b| padt_upscale(decode_image(b, "bench", &DecodeOptions::default()).unwrap()).rgb)
         .collect();
-    let mut i = 0;
-    let resize = rate(seconds, &blobs, |_| {
-        black_box(processor.resize(&decoded[i % decoded.len()]).unwrap());
-        i += 1;
+    let resize = rate(seconds, |i| {
+        black_box(processor.resize(&decoded[i % n]).unwrap());
     });
     let resized: Vec<_> = decoded
         .iter()
         .map(|d| processor.resize(d).unwrap())
         .collect();
-    let mut j = 0;
-    let patchify = rate(seconds, &blobs, |_| {
-        black_box(processor.patchify(&resized[j % resized.len()]));
-        j += 1;
+    let patchify = rate(seconds, |i| {
+        black_box(processor.patchify(&resized[i % n]));
     });
     println!(
         "bicubic resize only {resize:.1} images/CPU-s; normalise+patchify only {patchify:.1} images/CPU-s"
@@ -91,7 +298,7 @@ fn main() {
     let d = &decoded[0];
     let (h, w) = processor.target_size(d.height, d.width).unwrap();
     for (name, ow, oh) in [("horizontal", w, d.height), ("vertical", d.width, h)] {
-        let r = rate(seconds / 2.0, &blobs, |_| {
+        let r = rate(seconds / 2.0, |_| {
             black_box(pillow_resize::<3>(
                 &d.data,
                 d.width,
