@@ -2,7 +2,11 @@
 //!
 //! `padt-eval coco-map --gt instances.json --pred detections.json` scores COCO-format detections
 //! with the COCO bbox protocol (our implementation of pycocotools' COCOeval) and prints the 12
-//! standard numbers as one JSON object. See docs/evaluation.md.
+//! standard numbers as one JSON object.
+//!
+//! `padt-eval run --model DIR --data SHARDS --task rec|res|ovd|ric` generates with a checkpoint
+//! on shard records and scores the task; `padt-eval score --task ovd|ric` scores prediction files
+//! (ours or the reference's) against shard records. See docs/evaluation.md.
 
 use std::path::PathBuf;
 
@@ -23,8 +27,10 @@ struct Cli {
 enum Command {
     /// COCO bbox AP/AR of a detections file against a COCO instances file (12 numbers, JSON).
     CocoMap(CocoMapArgs),
-    /// Run a PaDT checkpoint on the records of a shard dataset and score REC / RES.
+    /// Run a PaDT checkpoint on the records of a shard dataset and score REC / RES / OVD / RIC.
     Run(grounding::RunArgs),
+    /// Score OVD results or RIC captions files against the records of a shard dataset.
+    Score(grounding::ScoreArgs),
 }
 
 #[derive(Args)]
@@ -82,5 +88,6 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::CocoMap(args) => coco_map(args),
         Command::Run(args) => grounding::run(args),
+        Command::Score(args) => grounding::score(args),
     }
 }
