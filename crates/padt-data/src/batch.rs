@@ -15,7 +15,7 @@
 use padt_core::Rle;
 use std::path::Path;
 
-use crate::chat::{expand_image_pad_ids, expand_image_pads, ChatError, ChatTemplate};
+use crate::chat::{expand_image_pad_ids, expand_image_pads, ChatError, ChatTemplate, PromptFrame};
 use crate::image::{
     decode_image, padt_upscale, DecodeOptions, ImageError, ImageProcessor, ImageProcessorConfig,
     ProcessedImage,
@@ -134,11 +134,23 @@ pub struct PreparedSample {
     pub objects: Vec<SampleObject>,
 }
 
+/// The chat template's fixed text around the prompt with its ids, tokenized once.
+#[derive(Debug)]
+struct CachedFrame {
+    frame: PromptFrame,
+    prefix_ids: Vec<u32>,
+    suffix_ids: Vec<u32>,
+}
+
 /// Turns records into [`PreparedSample`]s: tokenizer, chat template, VRT selection.
 #[derive(Debug, Clone)]
 pub struct SampleEncoder {
     tokenizer: PadtTokenizer,
     template: std::sync::Arc<ChatTemplate>,
+    /// Set when the template frames every prompt with fixed text and the tokenizer splits at
+    /// both seams ([`PadtTokenizer::splits_at_added_tokens`]): only the prompt is tokenized
+    /// per sample, with the same ids as tokenizing the whole rendered text.
+    frame: Option<std::sync::Arc<CachedFrame>>,
     /// How VRT patches are chosen.
     pub selection: PatchSelection,
     /// Spatial merge size (2).
@@ -149,9 +161,20 @@ impl SampleEncoder {
     /// An encoder using the tokenizer's chat template (built-in Qwen2.5-VL when it has none).
     pub fn new(tokenizer: PadtTokenizer, selection: PatchSelection) -> Result<Self, ChatError> {
         let template = ChatTemplate::for_tokenizer(&tokenizer)?;
+        let frame = template
+            .padt_prompt_frame()
+            .filter(|f| tokenizer.splits_at_added_tokens(&f.prefix, &f.suffix))
+            .and_then(|frame| {
+                Some(std::sync::Arc::new(CachedFrame {
+                    prefix_ids: tokenizer.encode(&frame.prefix).ok()?,
+                    suffix_ids: tokenizer.encode(&frame.suffix).ok()?,
+                    frame,
+                }))
+            });
         Ok(SampleEncoder {
             tokenizer,
             template: std::sync::Arc::new(template),
+            frame,
             selection,
             merge_size: 2,
         })
@@ -175,11 +198,34 @@ impl SampleEncoder {
         merged: usize,
     ) -> Result<(String, Vec<u32>), BatchError> {
         let chat = |source| BatchError::Chat { record, source };
-        let rendered = self.template.render_padt_prompt(prompt).map_err(chat)?;
-        let ids = self
-            .tokenizer
-            .encode(&rendered)
-            .map_err(|source| BatchError::Tokenizer { record, source })?;
+        let encode = |text: &str| {
+            self.tokenizer
+                .encode(text)
+                .map_err(|source| BatchError::Tokenizer { record, source })
+        };
+        let (rendered, ids) = match &self.frame {
+            Some(cached) => {
+                let rendered = if cached.frame.verbatim {
+                    cached.frame.text(prompt)
+                } else {
+                    self.template.render_padt_prompt(prompt).map_err(chat)?
+                };
+                if cached.frame.holds(prompt, &rendered) {
+                    let mut ids = cached.prefix_ids.clone();
+                    ids.extend(encode(prompt)?);
+                    ids.extend_from_slice(&cached.suffix_ids);
+                    (rendered, ids)
+                } else {
+                    let ids = encode(&rendered)?;
+                    (rendered, ids)
+                }
+            }
+            None => {
+                let rendered = self.template.render_padt_prompt(prompt).map_err(chat)?;
+                let ids = encode(&rendered)?;
+                (rendered, ids)
+            }
+        };
         let ids = expand_image_pad_ids(&ids, self.tokenizer.special_ids().image_pad, &[merged])
             .map_err(chat)?;
         let text = expand_image_pads(&rendered, &[merged]).map_err(chat)?;
@@ -292,49 +338,55 @@ pub fn process_image(
     Ok((processor.preprocess(&decoded.rgb)?, patch_w))
 }
 
-/// `cv::resize(src_f32, (dw, dh), INTER_LINEAR)` with OpenCV's own float path: coefficients
-/// `fx = (float)((dx+0.5)·scale − 0.5)` with `scale = 1/(dw/W)`, x clamped at the borders (the
-/// fraction zeroed), y only with the rows clipped; `h = S[x0]·a0 + S[x1]·a1`, then
-/// `out = h0·b0 + h1·b1`, all in f32.
+/// One output coordinate of OpenCV's bilinear resize: source indices and weights.
+struct LinearTap {
+    i0: usize,
+    i1: usize,
+    a0: f32,
+    a1: f32,
+}
+
+/// OpenCV's float `INTER_LINEAR` coefficients along one axis: `f = (float)((d+0.5)·scale − 0.5)`
+/// with `scale = 1/(dst/src)`; with `clamp` (x) the border taps get the fraction zeroed, without
+/// (y) only the indices are clipped.
+fn cv2_linear_taps(src_len: usize, dst_len: usize, clamp: bool) -> Vec<LinearTap> {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    let last = src_len as i64 - 1;
+    (0..dst_len)
+        .map(|d| {
+            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as i64;
+            f -= s as f32;
+            if clamp {
+                if s < 0 {
+                    f = 0.0;
+                    s = 0;
+                }
+                if s >= last {
+                    f = 0.0;
+                    s = last;
+                }
+            }
+            LinearTap {
+                i0: s.clamp(0, last) as usize,
+                i1: (s + 1).clamp(0, last) as usize,
+                a0: 1.0 - f,
+                a1: f,
+            }
+        })
+        .collect()
+}
+
+/// `cv::resize(src_f32, (dw, dh), INTER_LINEAR)` with OpenCV's own float path
+/// ([`cv2_linear_taps`]): `h = S[x0]·a0 + S[x1]·a1` per row, then `out = h0·b0 + h1·b1`, all
+/// in f32. The plain form [`mask_target`] is checked against.
 ///
 /// # Shapes
 /// - `src`: `[h, w]` row-major → `[dh, dw]`
+#[cfg(test)]
 fn cv2_resize_linear_f32(src: &[f32], h: usize, w: usize, dh: usize, dw: usize) -> Vec<f32> {
-    struct Tap {
-        i0: usize,
-        i1: usize,
-        a0: f32,
-        a1: f32,
-    }
-    let taps = |src_len: usize, dst_len: usize, clamp: bool| -> Vec<Tap> {
-        let scale = 1.0 / (dst_len as f64 / src_len as f64);
-        let last = src_len as i64 - 1;
-        (0..dst_len)
-            .map(|d| {
-                let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-                let mut s = f.floor() as i64;
-                f -= s as f32;
-                if clamp {
-                    if s < 0 {
-                        f = 0.0;
-                        s = 0;
-                    }
-                    if s >= last {
-                        f = 0.0;
-                        s = last;
-                    }
-                }
-                Tap {
-                    i0: s.clamp(0, last) as usize,
-                    i1: (s + 1).clamp(0, last) as usize,
-                    a0: 1.0 - f,
-                    a1: f,
-                }
-            })
-            .collect()
-    };
-    let xt = taps(w, dw, true);
-    let yt = taps(h, dh, false);
+    let xt = cv2_linear_taps(w, dw, true);
+    let yt = cv2_linear_taps(h, dh, false);
     let hrow = |y: usize| -> Vec<f32> {
         let row = &src[y * w..(y + 1) * w];
         xt.iter()
@@ -352,15 +404,34 @@ fn cv2_resize_linear_f32(src: &[f32], h: usize, w: usize, dh: usize, dw: usize) 
 
 /// PaDT's mask target: the full-resolution mask as f32, cv2 bilinear to `(dw, dh)`, `> 0.5`.
 ///
+/// Computed straight from the column-major decode: for each output column the two source
+/// columns are contiguous, and only the source rows the vertical taps use are touched. Every
+/// value goes through the same f32 operations, in the same order, as the row-major two-pass
+/// form (`h = S[y][x0]·a0 + S[y][x1]·a1`, `out = h(y0)·b0 + h(y1)·b1`), so the result is
+/// identical to it.
+///
 /// # Shapes
 /// - output: `[dh, dw]` row-major 0/1
 pub fn mask_target(rle: &Rle, dh: usize, dw: usize) -> Vec<u8> {
     let (h, w) = (rle.height as usize, rle.width as usize);
-    let src: Vec<f32> = rle.decode_row_major().into_iter().map(f32::from).collect();
-    cv2_resize_linear_f32(&src, h, w, dh, dw)
-        .into_iter()
-        .map(|v| u8::from(v > 0.5))
-        .collect()
+    let mut out = vec![0u8; dh * dw];
+    if h == 0 || w == 0 {
+        return out;
+    }
+    // `cols[x * h + y]`, 0/1.
+    let cols = rle.decode_col_major();
+    let xt = cv2_linear_taps(w, dw, true);
+    let yt = cv2_linear_taps(h, dh, false);
+    for (xo, tx) in xt.iter().enumerate() {
+        let c0 = &cols[tx.i0 * h..(tx.i0 + 1) * h];
+        let c1 = &cols[tx.i1 * h..(tx.i1 + 1) * h];
+        let hval = |y: usize| f32::from(c0[y]) * tx.a0 + f32::from(c1[y]) * tx.a1;
+        for (yo, ty) in yt.iter().enumerate() {
+            let v = hval(ty.i0) * ty.a0 + hval(ty.i1) * ty.a1;
+            out[yo * dw + xo] = u8::from(v > 0.5);
+        }
+    }
+    out
 }
 
 /// One object of the batch (text order within a sample, samples in order).
@@ -780,6 +851,93 @@ mod tests {
         // 1x2 -> 1x4: x taps at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
         let up = cv2_resize_linear_f32(&[0.0, 1.0], 1, 2, 1, 4);
         assert_eq!(up, vec![0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn mask_target_equals_the_plain_two_pass_resize() {
+        // Pseudo-random blobs, down- and upscaled, odd sizes, a 1-pixel image, an empty mask.
+        let mut ones = 0;
+        for (h, w, dh, dw, seed) in [
+            (480usize, 640usize, 136usize, 184usize, 1u64),
+            (427, 640, 120, 184, 2),
+            (37, 23, 64, 48, 3),
+            (1, 1, 8, 8, 4),
+            (5, 9, 5, 9, 5),
+            (64, 64, 16, 16, 0),
+        ] {
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let (cy, cx) = ((next() % h as u64) as f64, (next() % w as u64) as f64);
+            let r = 1.0 + (next() % (h.max(w) as u64)) as f64 / 2.0;
+            let mask: Vec<u8> = (0..h * w)
+                .map(|i| {
+                    let (y, x) = ((i / w) as f64, (i % w) as f64);
+                    let wobble = (next() % 3) as f64;
+                    u8::from(seed != 0 && (y - cy).hypot(x - cx) + wobble < r)
+                })
+                .collect();
+            let rle = Rle::encode_row_major(&mask, h as u32, w as u32).unwrap();
+            let src: Vec<f32> = mask.iter().map(|&v| f32::from(v)).collect();
+            let plain: Vec<u8> = cv2_resize_linear_f32(&src, h, w, dh, dw)
+                .into_iter()
+                .map(|v| u8::from(v > 0.5))
+                .collect();
+            assert_eq!(mask_target(&rle, dh, dw), plain, "{h}x{w} -> {dh}x{dw}");
+            ones += plain.iter().filter(|&&v| v == 1).count();
+        }
+        assert!(ones > 1000, "the blobs must cover pixels ({ones})");
+    }
+
+    /// The prompt ids through the cached template frame equal tokenizing the whole rendered
+    /// prompt, for prompts that push on the seams (the real Qwen2.5-VL tokenizer).
+    #[test]
+    fn framed_prompt_ids_equal_whole_text_ids() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/qwen2_5_vl_tokenizer");
+        let mut tok = PadtTokenizer::from_dir(&dir, 151_936, 0).unwrap();
+        tok.ensure_vrt_count(40).unwrap();
+        let enc = SampleEncoder::new(tok, PatchSelection::default()).unwrap();
+        assert!(enc.frame.as_ref().is_some_and(|f| f.frame.verbatim));
+        let prompts = [
+            "Please carefully check the image and detect the object this sentence describes: \"man on the left\".",
+            "",
+            " ",
+            "  leading and trailing  \n",
+            "\n\nnewlines\n",
+            "<|im_end|>inside<|im_start|>",
+            "ends with <|im_",
+            "|>starts with a tail",
+            "<|VRT_3|> and <|VRT_39|> and <|VRT_40|>",
+            "e\u{301}\u{338}> combining marks, \u{4f60}\u{597d}, emoji \u{1f600}",
+            "'s 're 123456 tokens",
+        ];
+        let merged = 391;
+        for p in prompts {
+            let (text, ids) = enc.encode_prompt(7, p, merged).unwrap();
+            let rendered = enc.template().render_padt_prompt(p).unwrap();
+            let whole = enc.tokenizer().encode(&rendered).unwrap();
+            let image_pad = enc.tokenizer().special_ids().image_pad;
+            assert_eq!(
+                ids,
+                expand_image_pad_ids(&whole, image_pad, &[merged]).unwrap(),
+                "{p:?}"
+            );
+            assert_eq!(
+                text,
+                expand_image_pads(&rendered, &[merged]).unwrap(),
+                "{p:?}"
+            );
+        }
+        // A prompt holding an image pad fails the same way as the whole-text path.
+        assert!(matches!(
+            enc.encode_prompt(7, "<|image_pad|>", merged),
+            Err(BatchError::Chat { record: 7, .. })
+        ));
     }
 
     #[test]

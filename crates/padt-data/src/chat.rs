@@ -65,6 +65,22 @@ pub enum ChatError {
 pub struct ChatTemplate {
     env: Environment<'static>,
     origin: String,
+    /// Whether the source is [`QWEN2_5_VL_CHAT_TEMPLATE`] (see [`Self::padt_prompt_frame`]).
+    builtin_qwen: bool,
+}
+
+/// The fixed text around the user prompt in PaDT's rendered prompt:
+/// `render_padt_prompt(p) == prefix + p + suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptFrame {
+    /// Text before the prompt (system turn, user header, vision tokens).
+    pub prefix: String,
+    /// Text after the prompt (end of turn, assistant header).
+    pub suffix: String,
+    /// `true` when this holds for every prompt without rendering: the template is the built-in
+    /// Qwen2.5-VL one, which prints the text content verbatim and branches on nothing in it.
+    /// Otherwise a rendered prompt must be checked against the frame.
+    pub verbatim: bool,
 }
 
 const TEMPLATE_NAME: &str = "chat";
@@ -121,6 +137,7 @@ impl ChatTemplate {
         Ok(ChatTemplate {
             env,
             origin: origin.to_string(),
+            builtin_qwen: source == QWEN2_5_VL_CHAT_TEMPLATE,
         })
     }
 
@@ -167,6 +184,48 @@ impl ChatTemplate {
     /// expanded yet.
     pub fn render_padt_prompt(&self, prompt: &str) -> Result<String, ChatError> {
         self.render(&padt_messages(prompt), true)
+    }
+
+    /// Splits PaDT's rendered prompt into the text before and after the user prompt, found by
+    /// rendering two different marker prompts. `None` when the template does not print the
+    /// prompt exactly once, verbatim, between fixed text.
+    pub fn padt_prompt_frame(&self) -> Option<PromptFrame> {
+        const MARKER: &str = "\u{1}padt prompt marker\u{2}";
+        let rendered = self.render_padt_prompt(MARKER).ok()?;
+        let (prefix, suffix) = rendered.split_once(MARKER)?;
+        if suffix.contains(MARKER) {
+            return None;
+        }
+        let frame = PromptFrame {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+            verbatim: self.builtin_qwen,
+        };
+        for other in ["", "x <|im_end|>\n{{ 1 }}"] {
+            if !frame.holds(other, &self.render_padt_prompt(other).ok()?) {
+                return None;
+            }
+        }
+        Some(frame)
+    }
+}
+
+impl PromptFrame {
+    /// Whether `rendered` is `prefix + prompt + suffix`.
+    pub fn holds(&self, prompt: &str, rendered: &str) -> bool {
+        rendered.len() == self.prefix.len() + prompt.len() + self.suffix.len()
+            && rendered.starts_with(&self.prefix)
+            && rendered.ends_with(&self.suffix)
+            && &rendered[self.prefix.len()..rendered.len() - self.suffix.len()] == prompt
+    }
+
+    /// `prefix + prompt + suffix`.
+    pub fn text(&self, prompt: &str) -> String {
+        let mut text = String::with_capacity(self.prefix.len() + prompt.len() + self.suffix.len());
+        text.push_str(&self.prefix);
+        text.push_str(prompt);
+        text.push_str(&self.suffix);
+        text
     }
 }
 
@@ -243,6 +302,36 @@ mod tests {
         );
         let no_gen = t.render(&padt_messages("x"), false).unwrap();
         assert!(no_gen.ends_with("x<|im_end|>\n"));
+    }
+
+    #[test]
+    fn prompt_frame_of_builtin_and_other_templates() {
+        let t = ChatTemplate::qwen2_5_vl();
+        let f = t.padt_prompt_frame().unwrap();
+        assert!(f.verbatim);
+        assert_eq!(
+            f.prefix,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n\
+             <|vision_start|><|image_pad|><|vision_end|>"
+        );
+        assert_eq!(f.suffix, "<|im_end|>\n<|im_start|>assistant\n");
+        let p = "Find \"the dog\" {{ x }} <|im_end|>";
+        assert_eq!(f.text(p), t.render_padt_prompt(p).unwrap());
+        assert!(f.holds(p, &t.render_padt_prompt(p).unwrap()));
+        // The same text from another source: a frame, checked per prompt.
+        let same = ChatTemplate::new(&format!("{QWEN2_5_VL_CHAT_TEMPLATE} "), "copy").unwrap();
+        assert!(!same.padt_prompt_frame().unwrap().verbatim);
+        // A template that prints the prompt twice, or changes it, has no frame.
+        let twice = "{% for m in messages %}{{ m['content'][1]['text'] }}{{ m['content'][1]['text'] }}{% endfor %}";
+        assert!(ChatTemplate::new(twice, "t")
+            .unwrap()
+            .padt_prompt_frame()
+            .is_none());
+        let upper = "{% for m in messages %}{{ m['content'][1]['text'] | upper }}{% endfor %}";
+        assert!(ChatTemplate::new(upper, "t")
+            .unwrap()
+            .padt_prompt_frame()
+            .is_none());
     }
 
     #[test]

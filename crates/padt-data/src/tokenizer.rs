@@ -336,6 +336,80 @@ impl PadtTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Whether `encode(prefix + text + suffix)` is `encode(prefix) ++ encode(text) ++
+    /// encode(suffix)` for every `text`, so that fixed text around a variable part can be
+    /// tokenized once.
+    ///
+    /// The tokenizer first splits the text at added tokens (leftmost-longest matches on the raw
+    /// text), then normalises, pre-tokenizes and BPE-encodes each piece on its own. The ids
+    /// concatenate when:
+    /// - every added token is matched as-is (not normalised, no `lstrip` / `rstrip` /
+    ///   `single_word`, special tokens not encoded as text), so matching is plain substring
+    ///   search on the raw text;
+    /// - `prefix` (if not empty) ends with an added token and `suffix` (if not empty) starts with
+    ///   one, so the variable text is a piece of its own;
+    /// - no added token can straddle a seam whatever the text is: no proper prefix of an added
+    ///   token ends `prefix`, and no proper suffix of one starts `suffix`.
+    ///
+    /// Also checked on a few texts, as a guard.
+    pub fn splits_at_added_tokens(&self, prefix: &str, suffix: &str) -> bool {
+        let added = self.inner.get_added_vocabulary();
+        if added.get_encode_special_tokens() {
+            return false;
+        }
+        let tokens = added.get_added_tokens_decoder();
+        if tokens
+            .values()
+            .any(|t| t.normalized || t.lstrip || t.rstrip || t.single_word)
+        {
+            return false;
+        }
+        let is_added = |id: Option<&u32>, edge: &dyn Fn(&str) -> bool| {
+            id.and_then(|id| tokens.get(id))
+                .is_some_and(|t| edge(&t.content))
+        };
+        let (Ok(prefix_ids), Ok(suffix_ids)) = (self.encode(prefix), self.encode(suffix)) else {
+            return false;
+        };
+        if !prefix.is_empty() && !is_added(prefix_ids.last(), &|c| prefix.ends_with(c)) {
+            return false;
+        }
+        if !suffix.is_empty() && !is_added(suffix_ids.first(), &|c| suffix.starts_with(c)) {
+            return false;
+        }
+        let straddles = tokens.values().any(|t| {
+            let c = t.content.as_str();
+            c.char_indices().skip(1).any(|(k, _)| {
+                (!prefix.is_empty() && prefix.ends_with(&c[..k]))
+                    || (!suffix.is_empty() && suffix.starts_with(&c[k..]))
+            })
+        });
+        if straddles {
+            return false;
+        }
+        [
+            "",
+            " a",
+            "a ",
+            "\u{e9}\u{301} \n",
+            "<|im_end|>",
+            "<|",
+            "|>",
+            " 12 ",
+        ]
+        .iter()
+        .all(|text| {
+            let joined = format!("{prefix}{text}{suffix}");
+            let parts = self.encode(text).map(|mid| {
+                let mut ids = prefix_ids.clone();
+                ids.extend(mid);
+                ids.extend(&suffix_ids);
+                ids
+            });
+            matches!((self.encode(&joined), parts), (Ok(a), Ok(b)) if a == b)
+        })
+    }
+
     /// Token ids and token strings (byte-level symbols, e.g. `Ġare`) of `text`.
     pub fn encode_with_tokens(
         &self,
