@@ -83,15 +83,22 @@ fn run() -> Result<()> {
     };
     let device = Default::default();
     let summary = export_checkpoint::<B>(&request, &device)?;
+    let shards = summary
+        .weights
+        .files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
+        .count();
     println!(
-        "exported {} (step {}) to {}: {} tensors, {:.1} MB of {}, {} weight file(s)",
+        "exported {} (step {}) to {}: {} tensors, {:.1} MB of {}, {} safetensors file(s){}",
         summary.checkpoint.display(),
         summary.step,
         args.out.display(),
         summary.weights.tensors,
         summary.weights.total_size as f64 / 1e6,
         args.dtype,
-        summary.weights.files.len()
+        shards,
+        if shards > 1 { " + index" } else { "" }
     );
     println!(
         "copied from {}: {}",
