@@ -128,6 +128,7 @@ impl PadtConfig {
                 message: e.to_string(),
             })?;
         let decoder = decoder_config_from_model_config(&value, path)?;
+        check_decoder_fits_vision(&decoder, &qwen, path)?;
         let use_visual_prototype_projection = value
             .get("use_visual_prototype_projection")
             .and_then(|v| v.as_bool())
@@ -140,15 +141,59 @@ impl PadtConfig {
     }
 
     /// A new PaDT model on top of a Qwen2.5-VL config, as the reference's trainer builds it
-    /// (real-size decoder, prototypes on).
+    /// (real-size decoder, prototypes on). The reference injects a 1280-wide, 16-head decoder
+    /// with a 3420 MLP, which is the ViT's width, heads and MLP width of every published
+    /// Qwen2.5-VL; the decoder is sized from `vision_config` here, so the same holds for
+    /// smaller test configs (the decoder must share the ViT's width and head dim).
     pub fn from_qwen(qwen: Qwen2_5VlConfig) -> Self {
-        let decoder = PadtDecoderConfig::reference(qwen.hidden_size);
+        let mut decoder = PadtDecoderConfig::reference(qwen.hidden_size);
+        decoder.hidden_size = qwen.vision_config.hidden_size;
+        decoder.num_heads = qwen.vision_config.num_heads;
+        decoder.intermediate_size = qwen.vision_config.intermediate_size;
+        decoder.spatial_merge_size = qwen.vision_config.spatial_merge_size;
         Self {
             qwen,
             decoder,
             use_visual_prototype_projection: true,
         }
     }
+}
+
+/// The decoder takes the raw high-res ViT features (no projection) and reuses the ViT rotary PE,
+/// so its width and head dim must be the ViT's, and `llm_hidden_state` the LLM width.
+fn check_decoder_fits_vision(
+    decoder: &PadtDecoderConfig,
+    qwen: &Qwen2_5VlConfig,
+    path: &Path,
+) -> Result<()> {
+    let vision = &qwen.vision_config;
+    let mismatch = |message: String| ModelError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    if decoder.num_heads == 0 || decoder.hidden_size % decoder.num_heads != 0 {
+        return Err(mismatch(format!(
+            "vl_decoder.hidden_size {} is not a multiple of vl_decoder.num_heads {}",
+            decoder.hidden_size, decoder.num_heads
+        )));
+    }
+    if decoder.hidden_size != vision.hidden_size
+        || decoder.hidden_size / decoder.num_heads != vision.hidden_size / vision.num_heads
+    {
+        return Err(mismatch(format!(
+            "vl_decoder (hidden_size {}, num_heads {}) must have the vision tower's width and head \
+             dim (vision_config.hidden_size {}, num_heads {}): the decoder reads the high-res ViT \
+             features and reuses the ViT rotary embedding; add or fix the `vl_decoder` section",
+            decoder.hidden_size, decoder.num_heads, vision.hidden_size, vision.num_heads
+        )));
+    }
+    if decoder.llm_hidden_state != qwen.hidden_size {
+        return Err(mismatch(format!(
+            "vl_decoder.llm_hidden_state {} differs from the LLM hidden_size {}",
+            decoder.llm_hidden_state, qwen.hidden_size
+        )));
+    }
+    Ok(())
 }
 
 /// Inputs of a training forward (teacher forcing).

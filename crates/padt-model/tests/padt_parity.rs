@@ -218,3 +218,36 @@ fn new_modules_are_initialised_like_the_reference() {
     let merged = tensor::<2>(&read("outputs.safetensors", "vit.merged_embeds"));
     assert!(to_vec(model.prototypes(merged)).1.iter().all(|&v| v == 0.0));
 }
+
+#[test]
+fn a_decoder_that_does_not_fit_the_vision_tower_is_a_config_error() {
+    use padt_model::padt::PadtConfig;
+    let text = std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dir = std::env::temp_dir().join(format!("padt-config-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.json");
+
+    // The unchanged padt-tiny config is fine.
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    PadtConfig::from_file(&path).expect("padt-tiny config fits");
+
+    // A decoder head dim other than the ViT's (64 / 4 = 16 there) cannot reuse its rotary PE.
+    config["vl_decoder"]["num_heads"] = 8.into();
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let message = PadtConfig::from_file(&path).unwrap_err().to_string();
+    assert!(message.contains("head") && message.contains("vl_decoder"), "{message}");
+
+    // A Qwen config without `vl_decoder` gets a decoder sized from its vision tower.
+    let qwen = padt_model::Qwen2_5VlConfig::from_json_str(&text, &path).unwrap();
+    let padt = PadtConfig::from_qwen(qwen);
+    assert_eq!(padt.decoder.hidden_size, 64);
+    assert_eq!(padt.decoder.head_dim(), 16);
+    assert_eq!(padt.decoder.llm_hidden_state, 96);
+    let real = PadtConfig::from_qwen(padt_model::Qwen2_5VlConfig::qwen2_5_vl_3b());
+    assert_eq!(
+        (real.decoder.hidden_size, real.decoder.num_heads, real.decoder.intermediate_size),
+        (1280, 16, 3420)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
