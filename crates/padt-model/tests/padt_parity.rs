@@ -236,7 +236,10 @@ fn a_decoder_that_does_not_fit_the_vision_tower_is_a_config_error() {
     config["vl_decoder"]["num_heads"] = 8.into();
     std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
     let message = PadtConfig::from_file(&path).unwrap_err().to_string();
-    assert!(message.contains("head") && message.contains("vl_decoder"), "{message}");
+    assert!(
+        message.contains("head") && message.contains("vl_decoder"),
+        "{message}"
+    );
 
     // A Qwen config without `vl_decoder` gets a decoder sized from its vision tower.
     let qwen = padt_model::Qwen2_5VlConfig::from_json_str(&text, &path).unwrap();
@@ -246,7 +249,11 @@ fn a_decoder_that_does_not_fit_the_vision_tower_is_a_config_error() {
     assert_eq!(padt.decoder.llm_hidden_state, 96);
     let real = PadtConfig::from_qwen(padt_model::Qwen2_5VlConfig::qwen2_5_vl_3b());
     assert_eq!(
-        (real.decoder.hidden_size, real.decoder.num_heads, real.decoder.intermediate_size),
+        (
+            real.decoder.hidden_size,
+            real.decoder.num_heads,
+            real.decoder.intermediate_size
+        ),
         (1280, 16, 3420)
     );
     std::fs::remove_dir_all(&dir).ok();
