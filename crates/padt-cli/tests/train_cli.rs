@@ -227,23 +227,30 @@ fn bad_invocations_give_clear_errors() {
     assert!(!o.status.success());
     assert!(text(&o).contains("nowhere"), "{}", text(&o));
 
-    let mut args = base_args(&model, &shards, &out);
-    args.extend([
-        "--set".into(),
-        "training.devices=[cpu, cpu]".into(),
-        "--set".into(),
-        "training.global_batch_size=null".into(),
-    ]);
-    let o = padt_train(&args);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("NCCL"), "{}", text(&o));
-
     if !cfg!(feature = "cuda") {
         let mut args = base_args(&model, &shards, &out);
         args.extend(["--set".into(), "training.devices=[cuda:0]".into()]);
         let o = padt_train(&args);
         assert!(!o.status.success());
         assert!(text(&o).contains("without CUDA"), "{}", text(&o));
+        // Several GPUs: data parallel over NCCL, which only the cuda build has.
+        let mut args = base_args(&model, &shards, &out);
+        args.extend([
+            "--set".into(),
+            "training.devices=[cuda:0, cuda:1]".into(),
+            "--set".into(),
+            "training.global_batch_size=null".into(),
+        ]);
+        let o = padt_train(&args);
+        assert!(!o.status.success());
+        let t = text(&o);
+        assert!(
+            t.contains("cuda:0, cuda:1") && t.contains("without CUDA") && t.contains("NCCL"),
+            "{t}"
+        );
+        let o = padt_train(&["--check-nccl".into(), "cuda:0".into()]);
+        assert!(!o.status.success());
+        assert!(text(&o).contains("`cuda` feature"), "{}", text(&o));
     }
     assert!(!out.join("metrics.jsonl").exists(), "nothing was trained");
 }

@@ -8,8 +8,9 @@
 //! micro-batches and calls the all-reduce with buffers of the same layout, so no rank can wait
 //! forever on another (PaDT issues #16, #21).
 //!
-//! [`LocalGroup`] is the in-process transport (one thread per worker, CPU); NCCL comes later
-//! behind the `cuda` feature with the same trait.
+//! [`LocalGroup`] is the in-process transport (one thread per worker, host memory); the NCCL
+//! transport (`crate::nccl`, feature `cuda`) implements the same [`AllReduce`] trait, so the
+//! trainer's data-parallel logic is the same for both and is tested on CPU.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -47,6 +48,78 @@ pub trait AllReduce<B: Backend> {
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, DistributedError>;
     /// Element-wise sum of host scalars (losses, token counts, flags) over ranks.
     fn all_reduce_sum_host(&self, values: Vec<f64>) -> Result<Vec<f64>, DistributedError>;
+}
+
+/// A rank's handle that can wake its peers when this rank fails, so they return
+/// [`DistributedError::PeerFailed`] instead of waiting in a collective.
+pub trait Abort {
+    /// This worker's rank.
+    fn abort_rank(&self) -> usize;
+    /// Marks the group failed and wakes every waiting rank.
+    fn abort(&self);
+}
+
+/// Makes every rank's `module` equal to rank 0's: each parameter is summed over the ranks
+/// with the other ranks contributing zeros (one collective per parameter, in module order).
+/// Used once before training so that replicas start identical however they were built.
+pub fn broadcast_from_rank0<B, M, C>(module: M, comm: &C) -> Result<M, DistributedError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    C: AllReduce<B::InnerBackend>,
+{
+    if comm.world_size() == 1 {
+        return Ok(module);
+    }
+    let mut mapper = Broadcaster::<B, C> {
+        comm,
+        error: None,
+        _b: std::marker::PhantomData,
+    };
+    let module = module.map(&mut mapper);
+    match mapper.error {
+        Some(e) => Err(e),
+        None => Ok(module),
+    }
+}
+
+struct Broadcaster<'a, B: AutodiffBackend, C> {
+    comm: &'a C,
+    error: Option<DistributedError>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend, C: AllReduce<B::InnerBackend>> burn::module::ModuleMapper<B>
+    for Broadcaster<'_, B, C>
+{
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let requires_grad = tensor.is_require_grad();
+        let dims = tensor.dims();
+        let numel: usize = dims.iter().product();
+        let inner = tensor.inner();
+        let contribution = if self.comm.rank() == 0 {
+            inner.clone().reshape([numel])
+        } else {
+            Tensor::zeros([numel], &inner.device())
+        };
+        match self.comm.all_reduce_sum(contribution) {
+            Ok(sum) => {
+                let mut value = Tensor::<B, D>::from_inner(sum.reshape(dims));
+                if requires_grad {
+                    value = value.require_grad();
+                }
+                Param::from_mapped_value(id, value, mapper)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                Param::from_mapped_value(id, Tensor::from_inner(inner), mapper)
+            }
+        }
+    }
 }
 
 /// The data-parallel position of a worker.
@@ -385,6 +458,16 @@ impl LocalGroup {
     }
 }
 
+impl Abort for LocalGroup {
+    fn abort_rank(&self) -> usize {
+        self.rank
+    }
+
+    fn abort(&self) {
+        LocalGroup::abort(self)
+    }
+}
+
 impl<B: Backend> AllReduce<B> for LocalGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -441,15 +524,27 @@ where
     E: Send + From<DistributedError>,
     F: Fn(usize, &LocalGroup) -> Result<T, E> + Sync,
 {
-    let groups = LocalGroup::new(world_size, timeout);
+    run_workers(&LocalGroup::new(world_size, timeout), worker)
+}
+
+/// Runs `worker(rank, handle)` on one thread per handle of `groups` (index = rank) and returns
+/// their results in rank order. A worker that returns an error or panics aborts its group, so
+/// the others fail fast instead of waiting.
+pub fn run_workers<G, T, E, F>(groups: &[G], worker: F) -> Vec<Result<T, E>>
+where
+    G: Abort + Sync,
+    T: Send,
+    E: Send + From<DistributedError>,
+    F: Fn(usize, &G) -> Result<T, E> + Sync,
+{
     std::thread::scope(|scope| {
         let handles: Vec<_> = groups
             .iter()
             .map(|group| {
                 let worker = &worker;
                 scope.spawn(move || {
-                    struct AbortOnPanic<'a>(&'a LocalGroup);
-                    impl Drop for AbortOnPanic<'_> {
+                    struct AbortOnPanic<'a, G: Abort>(&'a G);
+                    impl<G: Abort> Drop for AbortOnPanic<'_, G> {
                         fn drop(&mut self) {
                             if std::thread::panicking() {
                                 self.0.abort();
@@ -457,7 +552,7 @@ where
                         }
                     }
                     let _guard = AbortOnPanic(group);
-                    let result = worker(group.rank, group);
+                    let result = worker(group.abort_rank(), group);
                     if result.is_err() {
                         group.abort();
                     }

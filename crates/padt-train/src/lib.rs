@@ -7,7 +7,8 @@
 //! - [`checkpoint`]: atomic `checkpoint-<step>/` directories, keep-last-K, resume.
 //! - [`metrics`]: JSONL metrics log, loss-curve PNG, end summary.
 //! - [`nonfinite`]: skipping steps with a non-finite loss or gradient norm.
-//! - [`distributed`]: data-parallel sharding and gradient averaging.
+//! - [`distributed`]: data-parallel sharding and gradient averaging; `nccl` (feature `cuda`):
+//!   the NCCL transport, its self-test and the CUDA memory probe.
 //! - [`loss`], [`step`]: the PaDT SFT losses and the loss of one collated batch.
 //! - [`trainer`]: the step loop (data → micro-batches → loss → accumulation → clip → AdamW →
 //!   metrics → checkpoints, exact resume).
@@ -20,6 +21,8 @@ pub mod export;
 pub mod keydoc;
 pub mod loss;
 pub mod metrics;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod nonfinite;
 pub mod optim;
 pub mod params;

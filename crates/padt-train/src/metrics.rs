@@ -67,9 +67,20 @@ pub struct StepMetrics {
     pub data_wait_s: f64,
     /// Wall-clock seconds of the step.
     pub step_time_s: f64,
-    /// Peak device memory in bytes, where the backend reports it.
+    /// Peak memory of the training device in bytes so far: on `cpu` the process peak resident
+    /// set (`VmHWM`), on `cuda` the largest CubeCL memory-pool reservation seen at a step end.
     pub peak_memory_bytes: Option<u64>,
-    /// Model FLOPs utilisation estimate (achieved / peak FLOP/s), where a peak is known.
+    /// Peak resident set of the process in bytes so far (Linux `VmHWM`; null elsewhere).
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
+    /// Device memory held by live tensors at the end of the step (`cuda` only).
+    #[serde(default)]
+    pub device_memory_in_use_bytes: Option<u64>,
+    /// Model FLOPs of the step over all ranks (see [`FlopModel`]).
+    #[serde(default)]
+    pub model_flops: Option<f64>,
+    /// Model FLOPs utilisation estimate: `model_flops / step time / (ranks × peak FLOP/s)`,
+    /// where a peak is known (`logging.peak_tflops`).
     pub mfu: Option<f64>,
     /// The step was skipped because of a non-finite loss or gradient norm.
     pub skipped: bool,
@@ -90,6 +101,9 @@ impl StepMetrics {
             data_wait_s: 0.0,
             step_time_s: 0.0,
             peak_memory_bytes: None,
+            peak_rss_bytes: None,
+            device_memory_in_use_bytes: None,
+            model_flops: None,
             mfu: None,
             skipped: false,
         }
@@ -117,6 +131,152 @@ pub fn mfu_estimate(
 ) -> Option<f64> {
     let peak = peak_flops_per_s.filter(|p| *p > 0.0)?;
     Some(tokens_per_s * flops_per_token / peak)
+}
+
+/// The peak resident set size of this process in bytes (`VmHWM` of `/proc/self/status`);
+/// None where that file does not exist (non-Linux) or cannot be parsed.
+pub fn process_peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&text)
+}
+
+/// The `VmHWM:` line of a `/proc/<pid>/status` text, in bytes.
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut parts = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => Some(value * 1024),
+        _ => None,
+    }
+}
+
+/// The shape of one collated micro-batch, as the FLOP count needs it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MicroBatchShape {
+    /// Non-padding tokens (prompt + completion) of each sample.
+    pub sequence_tokens: Vec<usize>,
+    /// Non-padding completion tokens of the batch (the positions the LM head scores).
+    pub completion_tokens: usize,
+    /// `(t, h, w)` patch grid of every image.
+    pub image_grids: Vec<[usize; 3]>,
+}
+
+/// Training FLOPs of one micro-batch of Qwen2.5-VL (docs/training.md, "MFU").
+///
+/// Every parameter costs 2 FLOPs per token it is applied to in the forward pass and 4 more in
+/// the backward pass when it is trained (6 in all), 2 when it is frozen. Token counts:
+/// - LLM layers: every non-padding token; the LM head: every completion token (logits are only
+///   computed there); the embedding lookup costs nothing;
+/// - ViT patch embedding and blocks: every patch (`t·h·w` per image); the merger: every
+///   `spatial_merge_size²` patches;
+/// - attention scores and weighted sums (no parameters): `12·d·n²` per layer and sequence of
+///   `n` tokens (forward `4·d·n²`, backward twice that; the causal mask is not halved, as in the
+///   PaLM MFU convention); the ViT's window blocks use the exact window sizes of the grid.
+///
+/// The PaDT box/score/mask decoder (about 2.6 % of the 3B parameters, run on a few object
+/// tokens) and `vis_norm`/`vis_proj` are left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlopModel {
+    /// FLOPs per token of the LLM layers (factor × parameters).
+    pub llm_per_token: f64,
+    /// FLOPs per completion token of the LM head.
+    pub lm_head_per_token: f64,
+    /// `12 · hidden · layers`: attention FLOPs per squared sequence length.
+    pub llm_attention_per_token_pair: f64,
+    /// FLOPs per patch of the patch embedding and the ViT blocks.
+    pub vision_per_patch: f64,
+    /// FLOPs per merged token of the merger.
+    pub merger_per_token: f64,
+    /// `12 · vision hidden` times the number of full-attention blocks.
+    pub vision_full_attention_per_pair: f64,
+    /// `12 · vision hidden` times the number of window-attention blocks.
+    pub vision_window_attention_per_pair: f64,
+    /// `spatial_merge_size`.
+    pub merge: usize,
+    /// Window side in merged tokens (`window_size / patch_size / spatial_merge_size`).
+    pub window: usize,
+    /// Parameters left out of the count (decoder, `vis_norm`, `vis_proj`).
+    pub uncounted_params: usize,
+}
+
+impl FlopModel {
+    /// The model of `params` (names as [`crate::params::list_params`] gives them, after
+    /// freezing) with the architecture of `qwen`.
+    pub fn new(params: &[crate::params::ParamInfo], qwen: &padt_model::Qwen2_5VlConfig) -> Self {
+        let factor = |p: &crate::params::ParamInfo| if p.requires_grad { 6.0 } else { 2.0 };
+        let (mut llm, mut lm_head, mut embed_head, mut vision, mut merger) =
+            (0.0, None, 0.0, 0.0, 0.0);
+        let mut uncounted = 0usize;
+        for p in params {
+            let n = p.numel() as f64;
+            let name = p.name.as_str();
+            let top = name.split('.').next().unwrap_or("");
+            if matches!(top, "vl_decoder" | "vis_norm" | "vis_proj") {
+                uncounted += p.numel();
+            } else if name.contains("lm_head") {
+                lm_head = Some(factor(p) * n);
+            } else if name.contains("embed_tokens") {
+                embed_head = factor(p) * n;
+            } else if name.contains("visual.merger") {
+                merger += factor(p) * n;
+            } else if name.contains("visual.") {
+                vision += factor(p) * n;
+            } else {
+                llm += factor(p) * n;
+            }
+        }
+        let v = &qwen.vision_config;
+        let full = v
+            .fullatt_block_indexes
+            .iter()
+            .filter(|&&i| i < v.depth)
+            .count();
+        let merge = v.spatial_merge_size.max(1);
+        FlopModel {
+            llm_per_token: llm,
+            // A tied head multiplies by the embedding matrix.
+            lm_head_per_token: lm_head.unwrap_or(embed_head),
+            llm_attention_per_token_pair: 12.0
+                * qwen.hidden_size as f64
+                * qwen.num_hidden_layers as f64,
+            vision_per_patch: vision,
+            merger_per_token: merger,
+            vision_full_attention_per_pair: 12.0 * v.hidden_size as f64 * full as f64,
+            vision_window_attention_per_pair: 12.0 * v.hidden_size as f64 * (v.depth - full) as f64,
+            merge,
+            window: (v.window_size / merge / v.patch_size.max(1)).max(1),
+            uncounted_params: uncounted,
+        }
+    }
+
+    /// Training FLOPs of one micro-batch.
+    pub fn micro_batch_flops(&self, shape: &MicroBatchShape) -> f64 {
+        let mut flops = 0.0;
+        for &n in &shape.sequence_tokens {
+            let n = n as f64;
+            flops += self.llm_per_token * n + self.llm_attention_per_token_pair * n * n;
+        }
+        flops += self.lm_head_per_token * shape.completion_tokens as f64;
+        let m = self.merge;
+        for &[t, h, w] in &shape.image_grids {
+            let patches = (t * h * w) as f64;
+            flops +=
+                self.vision_per_patch * patches + self.merger_per_token * patches / (m * m) as f64;
+            // Full attention: one sequence per frame; windows: squares of ≤ window merged
+            // tokens per side (the last row/column of windows is cut by the grid).
+            let frame = (h * w) as f64;
+            let sum_sq = |len: usize| -> f64 {
+                let (full, rest) = (len / self.window, len % self.window);
+                (full * self.window * self.window + rest * rest) as f64
+            };
+            let window_pairs = sum_sq(h / m) * sum_sq(w / m) * (m * m) as f64 * (m * m) as f64;
+            flops += t as f64
+                * (self.vision_full_attention_per_pair * frame * frame
+                    + self.vision_window_attention_per_pair * window_pairs);
+        }
+        flops
+    }
 }
 
 /// The append-only metrics log of a run.
@@ -414,8 +574,35 @@ pub fn summary(run_name: &str, records: &[StepMetrics], wall_s: f64, skipped: us
             100.0 * mean(|r| r.data_wait_s) / mean(|r| r.step_time_s).max(1e-12),
         );
     }
-    if let Some(peak) = records.iter().filter_map(|r| r.peak_memory_bytes).max() {
-        out += &format!("peak memory {:.2} GiB\n", peak as f64 / (1u64 << 30) as f64);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let peak = records.iter().filter_map(|r| r.peak_memory_bytes).max();
+    let rss = records.iter().filter_map(|r| r.peak_rss_bytes).max();
+    match (peak, rss) {
+        (Some(p), Some(r)) if p != r => {
+            out += &format!(
+                "peak memory {:.2} GiB on the device, {:.2} GiB process resident\n",
+                gib(p),
+                gib(r)
+            )
+        }
+        (Some(p), _) | (None, Some(p)) => out += &format!("peak memory {:.2} GiB\n", gib(p)),
+        (None, None) => {}
+    }
+    let mfus: Vec<f64> = timed.iter().filter_map(|r| r.mfu).collect();
+    let flops: Vec<f64> = timed
+        .iter()
+        .filter_map(|r| r.model_flops.map(|f| f / r.step_time_s))
+        .collect();
+    if !flops.is_empty() {
+        let mean_tflops = flops.iter().sum::<f64>() / flops.len() as f64 / 1e12;
+        out += &format!("model FLOP/s {mean_tflops:.3} TFLOP/s");
+        if !mfus.is_empty() {
+            let mean = mfus.iter().sum::<f64>() / mfus.len() as f64;
+            out += &format!(", MFU {:.1}%", 100.0 * mean);
+        } else {
+            out += " (MFU: no device peak; set logging.peak_tflops)";
+        }
+        out += "\n";
     }
     out
 }

@@ -402,6 +402,8 @@ pub struct LoggingConfig {
     pub loss_plot: bool,
     /// Show a progress bar on the terminal.
     pub progress_bar: bool,
+    /// Peak dense TFLOP/s of one device for the `mfu` metric; null: 989 (H100/H200 bf16) for `cuda` with `precision: bf16`, 494.5 (TF32) for `cuda` with `f32`, no MFU on `cpu`.
+    pub peak_tflops: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -567,6 +569,7 @@ impl Default for LoggingConfig {
             metrics_file: "metrics.jsonl".into(),
             loss_plot: true,
             progress_bar: true,
+            peak_tflops: None,
         }
     }
 }
@@ -956,6 +959,15 @@ impl TrainConfig {
         check(
             self.logging.every_steps >= 1,
             "logging.every_steps must be at least 1".into(),
+        );
+        check(
+            self.logging
+                .peak_tflops
+                .is_none_or(|p| p.is_finite() && p > 0.0),
+            format!(
+                "logging.peak_tflops must be a positive number of TFLOP/s (or null), not {:?}",
+                self.logging.peak_tflops
+            ),
         );
         let mf = &self.logging.metrics_file;
         check(

@@ -19,8 +19,12 @@
 //! parameters, AdamW moments, step and sampler cursor are all a resume needs to reproduce the
 //! uninterrupted run's losses exactly.
 //!
-//! The loop runs one data-parallel rank (world size 1); several devices need the NCCL
-//! transport, which is not built yet, and are refused with a clear error.
+//! Data parallelism ([`train_data_parallel`]): one worker thread per device, each with its own
+//! replica; rank `r` takes micro-batch `r` of each global chunk (the sampler's sharding), the
+//! summed micro-batch gradients are averaged over the ranks through an [`AllReduce`] before
+//! clipping, and the logged losses, token and FLOP counts are summed over the ranks, so every
+//! rank clips, skips and updates identically. Rank 0 writes every file. The transport is the
+//! in-process [`LocalGroup`] for `[cpu, cpu, ...]` and NCCL for `[cuda:0, cuda:1, ...]`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -48,11 +52,19 @@ use crate::checkpoint::{
     load_checkpoint, read_trainer_state, CheckpointError, CheckpointManager, TrainerState,
 };
 use crate::clip::clip_grad_norm;
+use crate::distributed::{
+    average_gradients, broadcast_from_rank0, run_workers, Abort, AllReduce, DistributedError,
+    LocalGroup,
+};
 use crate::loss::LossConfig;
-use crate::metrics::{plot_losses, summary, MetricsError, MetricsLog, StepMetrics};
+use crate::metrics::{
+    plot_losses, process_peak_rss_bytes, summary, FlopModel, MetricsError, MetricsLog,
+    MicroBatchShape, StepMetrics,
+};
 use crate::nonfinite::{NonFiniteGuard, StepVerdict, TooManyNonFinite};
 use crate::optim::GroupedAdamW;
-use crate::recipe::{HighresTokenOrder, Precision, RecipeError, TrainConfig, VrtPick};
+use crate::params::list_params;
+use crate::recipe::{DeviceSpec, HighresTokenOrder, Precision, RecipeError, TrainConfig, VrtPick};
 use crate::schedule::LrSchedule;
 use crate::step::compute_loss;
 
@@ -103,6 +115,15 @@ pub enum TrainError {
     /// The run's configuration is not supported by this build.
     #[error("{0}")]
     Unsupported(String),
+    /// A collective over the data-parallel ranks failed.
+    #[error(transparent)]
+    Distributed(#[from] DistributedError),
+    /// A data-parallel worker failed.
+    #[error("rank {rank}: {source}")]
+    Rank {
+        rank: usize,
+        source: Box<TrainError>,
+    },
     /// Writing into the output directory failed.
     #[error("{path}: {source}")]
     Io {
@@ -134,6 +155,28 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<u64>,
     /// Initial parameters.
     pub init: ModelInit,
+    /// Reads the training device's memory (rank 0's device) at the end of every step, for the
+    /// metrics; None on CPU, where the process peak resident set is reported instead.
+    pub device_memory: Option<DeviceMemoryProbe>,
+}
+
+/// Memory of a device, as its allocator reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes held by live tensors.
+    pub in_use_bytes: u64,
+    /// Bytes reserved from the device by the allocator's pools.
+    pub reserved_bytes: u64,
+}
+
+/// A function that reads a device's memory (see [`TrainOptions::device_memory`]).
+#[derive(Clone)]
+pub struct DeviceMemoryProbe(pub Arc<dyn Fn() -> Option<DeviceMemory> + Send + Sync>);
+
+impl fmt::Debug for DeviceMemoryProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceMemoryProbe")
+    }
 }
 
 /// What the loop reports while it runs (for progress bars and logs).
@@ -379,7 +422,7 @@ pub struct TrainData {
     pub sampler: Sampler,
 }
 
-/// Opens every shard directory and builds the sampler (world size 1, rank 0).
+/// Opens every shard directory and builds the sampler over the recipe's ranks.
 pub fn open_data(config: &TrainConfig) -> Result<TrainData, TrainError> {
     let mut datasets = Vec::new();
     let mut specs = Vec::new();
@@ -417,9 +460,10 @@ pub fn cursor_at(step: u64, steps_per_epoch: u64, accumulation: usize) -> Sample
     }
 }
 
-/// Owned iterator over the sample jobs of rank 0 from a cursor on, epoch after epoch.
+/// Owned iterator over the sample jobs of one rank from a cursor on, epoch after epoch.
 struct SampleJobs {
     sampler: Arc<Sampler>,
+    rank: usize,
     names: Vec<Arc<str>>,
     cursor: SamplerCursor,
     pending: VecDeque<SampleJob>,
@@ -433,7 +477,7 @@ impl Iterator for SampleJobs {
             let epoch = self.cursor.epoch;
             let batches = self
                 .sampler
-                .iter(0, self.cursor, Some(epoch + 1))
+                .iter(self.rank, self.cursor, Some(epoch + 1))
                 .expect("cursor within the epoch");
             for batch in batches {
                 for sample in batch.samples {
@@ -572,32 +616,121 @@ fn check_resume(
     Ok(cursor)
 }
 
-/// Runs (or resumes) the training of `config` on `device`, reporting to `observer`.
+/// Runs (or resumes) the training of `config` on `device`, reporting to `observer`: one
+/// data-parallel rank (`training.devices` must list one device; see [`train_data_parallel`]).
 ///
 /// Writes `config.yaml`, the metrics log, `loss.png` and `checkpoint-<step>/` into
 /// `config.output_dir`. A fresh run (no `resume`) refuses an output directory that already
 /// holds checkpoints, so an old run is never mixed into a new one.
+///
+/// `training.gradient_checkpointing` is not read here: the caller picks the autodiff backend
+/// (`Autodiff<_, BalancedCheckpointing>` for it, as `padt-train` does).
 pub fn train<B: AutodiffBackend>(
     config: &TrainConfig,
     options: &TrainOptions,
     device: &B::Device,
     observer: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<TrainOutcome<B>, TrainError> {
-    let started = Instant::now();
     config.validate()?;
     if config.world_size() != 1 {
         return Err(TrainError::Unsupported(format!(
-            "training.devices lists {} devices; data-parallel training needs the NCCL transport, \
-             which this build does not have yet: use one device",
+            "training.devices lists {} devices: several devices train through \
+             train_data_parallel (one worker thread per device), not train",
             config.world_size()
         )));
     }
-    if config.training.gradient_checkpointing {
-        observer(TrainEvent::Note(
-            "training.gradient_checkpointing is not implemented yet: activations are kept \
-             (more memory, same results)"
-                .into(),
-        ));
+    let group = LocalGroup::new(1, Duration::from_secs(1))
+        .pop()
+        .expect("a group of one");
+    train_rank::<B, _>(config, options, device, &group, observer)
+}
+
+/// Data-parallel training: one worker thread per device of `devices` (index = rank), each with
+/// its own model replica, gradients averaged through `groups[rank]` (the in-process
+/// [`LocalGroup`] on CPU, NCCL on CUDA). Rank 0 reports to `observer` and writes every file;
+/// its outcome is returned. A worker that fails aborts the group, and the first real error
+/// (not a "peer failed" of a rank that waited on it) is returned.
+pub fn train_data_parallel<B, G>(
+    config: &TrainConfig,
+    options: &TrainOptions,
+    devices: &[B::Device],
+    groups: &[G],
+    observer: &mut (dyn FnMut(TrainEvent<'_>) + Send),
+) -> Result<TrainOutcome<B>, TrainError>
+where
+    B: AutodiffBackend,
+    G: AllReduce<B::InnerBackend> + Abort + Sync,
+{
+    config.validate()?;
+    if devices.len() != config.world_size() || groups.len() != config.world_size() {
+        return Err(TrainError::Unsupported(format!(
+            "training.devices lists {} devices, but {} devices and {} collective handles were given",
+            config.world_size(),
+            devices.len(),
+            groups.len()
+        )));
+    }
+    let observer = std::sync::Mutex::new(observer);
+    let results = run_workers(groups, |rank, group: &G| {
+        if rank == 0 {
+            let mut observer = observer.lock().unwrap_or_else(|p| p.into_inner());
+            train_rank::<B, G>(config, options, &devices[rank], group, &mut **observer)
+        } else {
+            train_rank::<B, G>(config, options, &devices[rank], group, &mut |_| {})
+        }
+    });
+    let mut first_error = None;
+    let mut outcome = None;
+    for (rank, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(o) if rank == 0 => outcome = Some(o),
+            Ok(_) => {}
+            Err(TrainError::Distributed(DistributedError::PeerFailed { .. })) => {
+                if first_error.is_none() {
+                    first_error = Some((rank, None));
+                }
+            }
+            Err(e) => {
+                if first_error.as_ref().is_none_or(|(_, e)| e.is_none()) {
+                    first_error = Some((rank, Some(e)));
+                }
+            }
+        }
+    }
+    match (first_error, outcome) {
+        (Some((rank, Some(e))), _) => Err(TrainError::Rank {
+            rank,
+            source: Box::new(e),
+        }),
+        (Some((rank, None)), _) => Err(DistributedError::PeerFailed { rank }.into()),
+        (None, Some(o)) => Ok(o),
+        (None, None) => unreachable!("rank 0 returns an outcome or an error"),
+    }
+}
+
+/// One rank of a (data-parallel) run; `comm` reduces over the ranks. With one rank nothing is
+/// reduced. Rank 0 writes `config.yaml`, the metrics, the plot and the checkpoints.
+pub fn train_rank<B, C>(
+    config: &TrainConfig,
+    options: &TrainOptions,
+    device: &B::Device,
+    comm: &C,
+    observer: &mut dyn FnMut(TrainEvent<'_>),
+) -> Result<TrainOutcome<B>, TrainError>
+where
+    B: AutodiffBackend,
+    C: AllReduce<B::InnerBackend>,
+{
+    let started = Instant::now();
+    config.validate()?;
+    let world = comm.world_size();
+    let rank = comm.rank();
+    let main = rank == 0;
+    if config.world_size() != world {
+        return Err(TrainError::Unsupported(format!(
+            "training.devices lists {} devices, but the collective group has {world} ranks",
+            config.world_size()
+        )));
     }
     let out_dir = &config.output_dir;
     let manager = CheckpointManager::new(out_dir, config.checkpoint.keep_last);
@@ -644,10 +777,15 @@ pub fn train<B: AutodiffBackend>(
     } else {
         options.init
     };
-    let (model, notes) = build_model::<B>(config, init, device)?;
+    let (padt_config, base) = model_config(config)?;
+    let (mut model, notes) = build_model::<B>(config, init, device)?;
     if resume_from.is_none() {
         for n in notes {
             observer(TrainEvent::Note(n));
+        }
+        if world > 1 && (init == ModelInit::Random || base) {
+            // Random draws may differ between devices: every replica starts from rank 0's.
+            model = broadcast_from_rank0::<B, _, _>(model, comm)?;
         }
     }
     let mut optim = GroupedAdamW::<B>::from_config(config);
@@ -670,15 +808,41 @@ pub fn train<B: AutodiffBackend>(
     let tokenizer = encoder.tokenizer().clone();
     let eos = tokenizer.special_ids().eos as i64;
     let merge_size = encoder.merge_size;
+    let flop_model = FlopModel::new(&list_params::<B, _>(&model), &padt_config.qwen);
+    let peak_flops = peak_flops_per_device(config);
+    if let (Some(peak), Some(DeviceSpec::Cuda(_)), None) = (
+        peak_flops,
+        config.training.devices.first(),
+        config.logging.peak_tflops,
+    ) {
+        observer(TrainEvent::Note(format!(
+            "mfu: against an assumed peak of {:.1} TFLOP/s per device (H100/H200 SXM, {} dense); \
+             set logging.peak_tflops for another GPU",
+            peak / 1e12,
+            if config.training.precision == Precision::Bf16 {
+                "bf16"
+            } else {
+                "TF32"
+            }
+        )));
+    }
 
-    // Output directory.
-    std::fs::create_dir_all(out_dir).map_err(|source| TrainError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
-    config.save(&out_dir.join("config.yaml"))?;
+    // Output directory (rank 0 writes every file).
     let metrics_path = out_dir.join(&config.logging.metrics_file);
-    let mut log = MetricsLog::open(&metrics_path, resume_from.as_ref().map(|_| step))?;
+    let mut log = if main {
+        std::fs::create_dir_all(out_dir).map_err(|source| TrainError::Io {
+            path: out_dir.clone(),
+            source,
+        })?;
+        config.save(&out_dir.join("config.yaml"))?;
+        Some(MetricsLog::open(
+            &metrics_path,
+            resume_from.as_ref().map(|_| step),
+        )?)
+    } else {
+        None
+    };
+    let mut rank_records: Vec<StepMetrics> = Vec::new();
     let plot_path = out_dir.join("loss.png");
 
     observer(TrainEvent::Started {
@@ -699,6 +863,7 @@ pub fn train<B: AutodiffBackend>(
             .map(|d| Arc::from(d.name.as_str()))
             .collect(),
         sampler: sampler.clone(),
+        rank,
         cursor: cursor_at(step, steps_per_epoch.max(1), ga),
         pending: VecDeque::new(),
     };
@@ -729,6 +894,7 @@ pub fn train<B: AutodiffBackend>(
     let mut last_checkpoint = None;
     let mut steps_this_run = 0u64;
     let mut stopped_early = false;
+    let mut device_memory_peak: Option<u64> = None;
     let save = |model: &PadtModel<B>,
                 optim: &GroupedAdamW<B>,
                 step: u64,
@@ -768,8 +934,10 @@ pub fn train<B: AutodiffBackend>(
         let mut accumulator = GradientsAccumulator::<PadtModel<B>>::new();
         let mut data_wait = Duration::ZERO;
         let mut loss_sum = 0.0;
-        let mut component_sums: Vec<(String, f64)> = Vec::new();
+        // Sum and count per component, in LOGGED_COMPONENTS order.
+        let mut component_sums = vec![(0.0f64, 0.0f64); LOGGED_COMPONENTS.len()];
         let mut tokens = 0u64;
+        let mut flops = 0.0f64;
         for _ in 0..ga {
             let mut samples = Vec::with_capacity(per_device);
             for _ in 0..per_device {
@@ -784,19 +952,19 @@ pub fn train<B: AutodiffBackend>(
                 }
             })?;
             drop(samples);
-            tokens += batch
-                .attention_mask
-                .data
-                .iter()
-                .filter(|&&m| m != 0)
-                .count() as u64;
+            let shape = micro_batch_shape(&batch);
+            tokens += shape.sequence_tokens.iter().sum::<usize>() as u64;
+            flops += flop_model.micro_batch_flops(&shape);
             let out = compute_loss(&model, &batch, &loss_cfg, warmup, eos)?;
             loss_sum += scalar(&out.loss.total);
             for (name, value) in &out.loss.components {
-                match component_sums.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, sum)) => *sum += value,
-                    None => component_sums.push((name.to_string(), *value)),
-                }
+                let Some(i) = LOGGED_COMPONENTS.iter().position(|n| n == name) else {
+                    return Err(TrainError::Setup(format!(
+                        "loss component `{name}` is not in the metrics list {LOGGED_COMPONENTS:?}"
+                    )));
+                };
+                component_sums[i].0 += value;
+                component_sums[i].1 += 1.0;
             }
             let total = if ga > 1 {
                 out.loss.total.div_scalar(ga as f32)
@@ -807,10 +975,25 @@ pub fn train<B: AutodiffBackend>(
             let grads = GradientsParams::from_grads(total.backward(), &model);
             accumulator.accumulate(&model, grads);
         }
-        let loss = loss_sum / ga as f64;
-        let grads = accumulator.grads();
+        let mut grads = accumulator.grads();
+        if world > 1 {
+            // Host scalars of every rank, then the gradient mean (DDP semantics).
+            let mut host = vec![loss_sum, tokens as f64, flops];
+            for (sum, count) in &component_sums {
+                host.push(*sum);
+                host.push(*count);
+            }
+            let host = comm.all_reduce_sum_host(host)?;
+            (loss_sum, tokens, flops) = (host[0], host[1] as u64, host[2]);
+            for (i, c) in component_sums.iter_mut().enumerate() {
+                *c = (host[3 + 2 * i], host[4 + 2 * i]);
+            }
+            grads = average_gradients::<B, _, _>(&model, grads, comm)?;
+        }
+        let loss = loss_sum / (ga * world) as f64;
         let (grads, clip) = clip_grad_norm::<B, _>(&model, grads, config.training.max_grad_norm);
-        // Past the limit the step is still logged (as skipped) before the run aborts.
+        // Past the limit the step is still logged (as skipped) before the run aborts. Every
+        // rank sees the same loss and norm, so every rank takes the same decision.
         let (verdict, fatal) = match guard.check(step + 1, loss, clip.total_norm) {
             Ok(verdict) => (verdict, None),
             Err(e) => (StepVerdict::Skip, Some(e)),
@@ -827,53 +1010,87 @@ pub fn train<B: AutodiffBackend>(
         }
         step += 1;
         steps_this_run += 1;
+        let device_memory = options.device_memory.as_ref().and_then(|p| (p.0)());
         let step_time = step_started.elapsed().as_secs_f64();
         let mut record =
             StepMetrics::new(step, step as f64 / steps_per_epoch.max(1) as f64, loss, lr);
-        for (name, sum) in &component_sums {
-            record = record.with_component(&metric_name(name), sum / ga as f64);
+        for (name, (sum, count)) in LOGGED_COMPONENTS.iter().zip(&component_sums) {
+            if *count > 0.0 {
+                record = record.with_component(&metric_name(name), sum / count);
+            }
         }
         record.grad_norm = clip.total_norm.is_finite().then_some(clip.total_norm);
         record.step_time_s = step_time;
         record.data_wait_s = data_wait.as_secs_f64();
         record.samples_per_s = config.global_batch_size() as f64 / step_time.max(1e-12);
         record.tokens_per_s = tokens as f64 / step_time.max(1e-12);
+        record.peak_rss_bytes = process_peak_rss_bytes();
+        if let Some(mem) = device_memory {
+            device_memory_peak = Some(device_memory_peak.unwrap_or(0).max(mem.reserved_bytes));
+            record.device_memory_in_use_bytes = Some(mem.in_use_bytes);
+            record.peak_memory_bytes = device_memory_peak;
+        } else if config.training.devices.first() == Some(&DeviceSpec::Cpu) {
+            record.peak_memory_bytes = record.peak_rss_bytes;
+        }
+        record.model_flops = Some(flops);
+        record.mfu = peak_flops.map(|p| flops / step_time.max(1e-12) / (p * world as f64));
         record.skipped = verdict == StepVerdict::Skip;
         if step.is_multiple_of(config.logging.every_steps) || step == total_steps || record.skipped
         {
-            log.append(record.clone())?;
+            match log.as_mut() {
+                Some(log) => log.append(record.clone())?,
+                None => rank_records.push(record.clone()),
+            }
         }
         observer(TrainEvent::Step(&record));
         if let Some(e) = fatal {
             return Err(e.into());
         }
         let at_end = step == total_steps && config.checkpoint.save_final;
-        if step.is_multiple_of(config.checkpoint.every_steps) || at_end {
-            let path = save(&model, &optim, step, guard.skipped(), log.records())?;
+        if main && (step.is_multiple_of(config.checkpoint.every_steps) || at_end) {
+            let records = log.as_ref().map_or(&[][..], |l| l.records());
+            let path = save(&model, &optim, step, guard.skipped(), records)?;
             observer(TrainEvent::Checkpoint { step, path: &path });
             last_checkpoint = Some(path);
         }
     }
     drop(loader);
-    if stopped_early
+    if main
+        && stopped_early
         && last_checkpoint
             .as_ref()
             .is_none_or(|p| *p != manager.path_for(step))
     {
-        let path = save(&model, &optim, step, guard.skipped(), log.records())?;
+        let records = log.as_ref().map_or(&[][..], |l| l.records());
+        let path = save(&model, &optim, step, guard.skipped(), records)?;
         observer(TrainEvent::Checkpoint { step, path: &path });
         last_checkpoint = Some(path);
     }
-    if config.logging.loss_plot && !log.records().is_empty() {
-        plot_losses(log.records(), &config.run_name, &plot_path)?;
+    let records = match &log {
+        Some(log) => log.records().to_vec(),
+        None => rank_records,
+    };
+    if main && config.logging.loss_plot && !records.is_empty() {
+        plot_losses(&records, &config.run_name, &plot_path)?;
     }
-    let records = log.records().to_vec();
     let mut text = summary(
         &config.run_name,
         &records,
         started.elapsed().as_secs_f64(),
         guard.skipped(),
     );
+    if world > 1 {
+        text += &format!(
+            "data parallel over {world} devices ({}); memory, data wait and step time are rank 0's\n",
+            config
+                .training
+                .devices
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if stopped_early {
         text += &format!(
             "stopped after {steps_this_run} steps at step {step} of {total_steps} (--stop-after-steps); continue with --resume\n"
@@ -891,4 +1108,53 @@ pub fn train<B: AutodiffBackend>(
         records,
         summary: text,
     })
+}
+
+/// The loss components of [`compute_loss`], in the order they are reduced over ranks.
+pub const LOGGED_COMPONENTS: &[&str] = &[
+    "sft",
+    "bbox",
+    "iou",
+    "giou",
+    "score",
+    "mask_dice",
+    "mask_focal",
+    "mask",
+];
+
+/// The token counts and image grids of a collated micro-batch (for the FLOP count).
+pub fn micro_batch_shape(batch: &Batch) -> MicroBatchShape {
+    let mask = &batch.attention_mask;
+    let (rows, cols) = (mask.shape[0], mask.shape[1]);
+    let prompt = batch.prompt_length.min(cols);
+    let mut sequence_tokens = Vec::with_capacity(rows);
+    let mut completion_tokens = 0;
+    for r in 0..rows {
+        let row = mask.row(r);
+        sequence_tokens.push(row.iter().filter(|&&m| m != 0).count());
+        completion_tokens += row[prompt..].iter().filter(|&&m| m != 0).count();
+    }
+    MicroBatchShape {
+        sequence_tokens,
+        completion_tokens,
+        image_grids: batch
+            .image_grid_thw
+            .data
+            .chunks(3)
+            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+            .collect(),
+    }
+}
+
+/// Peak FLOP/s of one device for the MFU: `logging.peak_tflops`, else 989e12 (H100/H200 SXM
+/// bf16 dense) for CUDA with bf16, 494.5e12 (TF32 dense) for CUDA with f32, none on CPU.
+pub fn peak_flops_per_device(config: &TrainConfig) -> Option<f64> {
+    if let Some(t) = config.logging.peak_tflops {
+        return Some(t * 1e12);
+    }
+    match (config.training.devices.first(), config.training.precision) {
+        (Some(DeviceSpec::Cuda(_)), Precision::Bf16) => Some(989e12),
+        (Some(DeviceSpec::Cuda(_)), Precision::F32) => Some(494.5e12),
+        _ => None,
+    }
 }

@@ -1,11 +1,15 @@
 //! The step loop end to end on the padt-tiny checkpoint (CPU, `Autodiff<Flex>`), over shard
 //! sets written in the test from the golden batch's records (`tests/fixtures/padt-tiny`,
 //! `PADT_TINY_GOLDEN_DIR`): the loss falls, gradient accumulation equals the bigger batch, a
-//! stopped and resumed run reproduces the uninterrupted one exactly, checkpoints round-trip.
+//! stopped and resumed run reproduces the uninterrupted one exactly, checkpoints round-trip,
+//! two data-parallel CPU ranks equal gradient accumulation, the gradient-checkpointing backend
+//! gives the same losses, and the metrics carry peak memory, model FLOPs and MFU.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
@@ -14,11 +18,15 @@ use padt_data::record::{ImageData, Record, RecordObject, RleJson, SourceItem, Ta
 use padt_data::shard::{write_dataset, WriteOptions};
 use padt_model::padt::PadtModel;
 use padt_train::checkpoint::{load_model_params, read_trainer_state, CheckpointManager};
+use padt_train::distributed::{run_local_workers, LocalGroup};
 use padt_train::metrics::{read_metrics, StepMetrics};
 use padt_train::optim::GroupedAdamW;
 use padt_train::params::list_params;
 use padt_train::recipe::TrainConfig;
-use padt_train::trainer::{build_model, train, ModelInit, TrainOptions, TrainOutcome};
+use padt_train::trainer::{
+    build_model, train, train_data_parallel, train_rank, ModelInit, TrainError, TrainOptions,
+    TrainOutcome,
+};
 use serde_json::Value;
 
 type A = Autodiff<Flex>;
@@ -493,4 +501,228 @@ fn a_bad_record_stops_the_run_naming_it() {
         !out.join("checkpoint-1").exists(),
         "no checkpoint of a failed step"
     );
+}
+
+/// Two CPU ranks of one sample each (in-process all-reduce) are the same run as one rank
+/// accumulating two micro-batches of one sample: same samples, same losses, same gradient
+/// mean; and every rank ends with the same parameters.
+#[test]
+fn two_data_parallel_ranks_equal_two_accumulated_micro_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &golden_items(false));
+    let common = [
+        "training.max_steps=3",
+        "data.datasets.0.repeat=2",
+        "training.per_device_batch_size=1",
+        "checkpoint.every_steps=100",
+    ];
+    let mut dp_overrides = common.to_vec();
+    dp_overrides.push("training.devices=[cpu, cpu]");
+    let dp = recipe(&shards, &tmp.path().join("dp"), &dp_overrides);
+    let mut ga_overrides = common.to_vec();
+    ga_overrides.push("training.gradient_accumulation_steps=2");
+    let ga = recipe(&shards, &tmp.path().join("ga"), &ga_overrides);
+    assert_eq!(dp.global_batch_size(), ga.global_batch_size());
+
+    let accumulated = run(&ga, TrainOptions::default());
+    let options = TrainOptions::default();
+    let ranks = run_local_workers(2, Duration::from_secs(600), |rank, group| {
+        train_rank::<A, _>(&dp, &options, &Default::default(), group, &mut |_| {}).map(|o| {
+            assert_eq!(o.step, 3, "rank {rank}");
+            o
+        })
+    });
+    let ranks: Vec<TrainOutcome<A>> = ranks
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e: TrainError| panic!("{e}")))
+        .collect();
+    assert_eq!(
+        params(&ranks[0].model),
+        params(&ranks[1].model),
+        "replicas stay identical"
+    );
+    // Only rank 0 writes files.
+    assert!(tmp.path().join("dp/metrics.jsonl").is_file());
+    assert!(tmp.path().join("dp/checkpoint-3").is_dir());
+    let logged = read_metrics(&tmp.path().join("dp/metrics.jsonl")).unwrap();
+    assert_eq!(logged.len(), 3);
+    for (x, y) in accumulated.records.iter().zip(&logged) {
+        eprintln!(
+            "step {}: loss {:?} vs {:?}, grad norm {:?} vs {:?}",
+            x.step, x.loss, y.loss, x.grad_norm, y.grad_norm
+        );
+        // Same arithmetic but the gradient sum (f32 per micro-batch vs f64 over ranks) and
+        // its order: float rounding only.
+        let close = |v: f64, w: f64| (v - w).abs() <= 1e-5 * v.abs().max(1.0);
+        assert!(close(x.loss.unwrap(), y.loss.unwrap()), "step {}", x.step);
+        assert!(
+            close(x.grad_norm.unwrap(), y.grad_norm.unwrap()),
+            "step {}",
+            x.step
+        );
+        for (k, v) in &x.components {
+            assert!(close(v.unwrap(), y.components[k].unwrap()), "{k}");
+        }
+        assert_eq!(x.model_flops, y.model_flops, "FLOPs are summed over ranks");
+    }
+
+    // The same through train_data_parallel (what padt-train runs for [cpu, cpu]), resumed
+    // from the data-parallel checkpoint with nothing left to do.
+    let groups = LocalGroup::new(2, Duration::from_secs(600));
+    let again = train_data_parallel::<A, _>(
+        &dp,
+        &TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+        &[Default::default(), Default::default()],
+        &groups,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(again.step, 3);
+    assert_eq!(params(&again.model), params(&ranks[0].model));
+}
+
+/// `train` refuses several devices; `train_data_parallel` refuses a group of the wrong size.
+#[test]
+fn data_parallel_needs_matching_devices_and_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &golden_items(false));
+    let config = recipe(
+        &shards,
+        &tmp.path().join("run"),
+        &[
+            "training.devices=[cpu, cpu]",
+            "training.per_device_batch_size=1",
+        ],
+    );
+    let err = train::<A>(
+        &config,
+        &TrainOptions::default(),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("train_data_parallel"), "{err}");
+    let groups = LocalGroup::new(3, Duration::from_secs(5));
+    let err = train_data_parallel::<A, _>(
+        &config,
+        &TrainOptions::default(),
+        &[Default::default(), Default::default()],
+        &groups,
+        &mut |_| {},
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("3 collective handles"), "{err}");
+}
+
+/// `Autodiff<_, BalancedCheckpointing>` recomputes memory-bound ops in backward instead of
+/// keeping their outputs: the same arithmetic, so the same losses and gradient norms.
+#[test]
+fn gradient_checkpointing_backend_gives_the_same_losses() {
+    type Checkpointed = Autodiff<Flex, BalancedCheckpointing>;
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &golden_items(false));
+    let plain = recipe(
+        &shards,
+        &tmp.path().join("plain"),
+        &["training.max_steps=3"],
+    );
+    let checkpointed = recipe(
+        &shards,
+        &tmp.path().join("ckpt"),
+        &[
+            "training.max_steps=3",
+            "training.gradient_checkpointing=true",
+        ],
+    );
+    let a = run(&plain, TrainOptions::default());
+    let b = train::<Checkpointed>(
+        &checkpointed,
+        &TrainOptions::default(),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(a.records.len(), 3);
+    for (x, y) in a.records.iter().zip(&b.records) {
+        eprintln!(
+            "step {}: loss {:?} vs {:?}, grad norm {:?} vs {:?}",
+            x.step, x.loss, y.loss, x.grad_norm, y.grad_norm
+        );
+        let close = |v: f64, w: f64| (v - w).abs() <= 1e-5 * v.abs().max(1.0);
+        assert!(close(x.loss.unwrap(), y.loss.unwrap()), "step {}", x.step);
+        assert!(
+            close(x.grad_norm.unwrap(), y.grad_norm.unwrap()),
+            "step {}",
+            x.step
+        );
+    }
+}
+
+/// Every metrics line has the peak memory (CPU: the process peak resident set), the model
+/// FLOPs and, once a peak is configured, the MFU; the summary shows them.
+#[test]
+fn metrics_have_peak_memory_flops_and_mfu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &golden_items(false));
+    let no_peak = run(
+        &recipe(&shards, &tmp.path().join("a"), &["training.max_steps=1"]),
+        TrainOptions::default(),
+    );
+    let r = &no_peak.records[0];
+    assert_eq!(r.mfu, None, "no default peak on cpu");
+    let flops = r.model_flops.unwrap();
+    assert!(flops > 0.0);
+    if cfg!(target_os = "linux") {
+        let rss = r.peak_rss_bytes.unwrap();
+        assert!(rss > 1 << 20, "peak RSS {rss}");
+        assert_eq!(
+            r.peak_memory_bytes,
+            Some(rss),
+            "cpu: the device is the host"
+        );
+        assert!(
+            no_peak.summary.contains("peak memory"),
+            "{}",
+            no_peak.summary
+        );
+    }
+    assert_eq!(r.device_memory_in_use_bytes, None);
+    assert!(
+        no_peak.summary.contains("model FLOP/s") && no_peak.summary.contains("peak_tflops"),
+        "{}",
+        no_peak.summary
+    );
+
+    let with_peak = run(
+        &recipe(
+            &shards,
+            &tmp.path().join("b"),
+            &["training.max_steps=1", "logging.peak_tflops=0.5"],
+        ),
+        TrainOptions::default(),
+    );
+    let r = &with_peak.records[0];
+    assert_eq!(r.model_flops, Some(flops), "same batch, same FLOPs");
+    let mfu = r.mfu.unwrap();
+    let expected = flops / r.step_time_s / 0.5e12;
+    assert!(
+        (mfu - expected).abs() <= 1e-9 * expected,
+        "{mfu} vs {expected}"
+    );
+    assert!(with_peak.summary.contains("MFU"), "{}", with_peak.summary);
+    // The line in the file carries the new keys.
+    let line = std::fs::read_to_string(tmp.path().join("b/metrics.jsonl")).unwrap();
+    let json: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    for key in ["peak_memory_bytes", "peak_rss_bytes", "model_flops", "mfu"] {
+        assert!(json.get(key).is_some(), "{key} in {line}");
+    }
 }

@@ -6,8 +6,10 @@
 //! ```
 //!
 //! Writes `config.yaml`, `metrics.jsonl`, `loss.png` and `checkpoint-<step>/` into the output
-//! directory (see `docs/training.md`). `training.devices: [cpu]` runs on burn's Flex backend;
-//! `cuda:N` needs a build with the `cuda` feature.
+//! directory (see `docs/training.md`). `training.devices: [cpu]` runs on burn's Flex backend
+//! (`[cpu, cpu, ...]`: data parallel over worker threads with an in-process all-reduce);
+//! `[cuda:0, ...]` needs a build with the `cuda` feature (several GPUs: NCCL all-reduce).
+//! `training.gradient_checkpointing: true` selects `Autodiff<_, BalancedCheckpointing>`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,16 +20,20 @@ use burn::module::AutodiffModule;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use padt_cli::referring_eval::{evaluate, EvalSettings, EvalTask};
+#[cfg(not(feature = "cuda"))]
+use padt_train::distributed::LocalGroup;
 use padt_train::recipe::{DeviceSpec, EvaluationTask, TrainConfig};
-use padt_train::trainer::{train, ModelInit, TrainEvent, TrainOptions};
+use padt_train::trainer::{
+    train, train_data_parallel, ModelInit, TrainError, TrainEvent, TrainOptions, TrainOutcome,
+};
 
 /// Supervised fine-tuning of a PaDT model.
 #[derive(Debug, Parser)]
 #[command(name = "padt-train", version, about)]
 struct Args {
     /// The recipe (YAML), e.g. configs/padt_pro_3b.yaml.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "check_nccl")]
+    config: Option<PathBuf>,
     /// Override one recipe key (dotted; list elements by index), e.g. `--set optimizer.lr=1e-5`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -46,6 +52,10 @@ struct Args {
     /// instead of loading weights: for tiny models trained from scratch.
     #[arg(long)]
     random_init: bool,
+    /// Diagnostic: all-reduce a known tensor over NCCL on these devices (comma-separated,
+    /// e.g. `cuda:0` or `cuda:0,cuda:1`), check the sum, and exit (needs the `cuda` build).
+    #[arg(long, value_name = "DEVICES", value_delimiter = ',', hide = true)]
+    check_nccl: Option<Vec<DeviceSpec>>,
 }
 
 fn main() {
@@ -55,7 +65,7 @@ fn main() {
     }
 }
 
-fn load_config(args: &Args) -> Result<TrainConfig> {
+fn load_config(args: &Args, config_path: &std::path::Path) -> Result<TrainConfig> {
     let mut overrides = args.set.clone();
     if let Some(dir) = &args.output_dir {
         let dir = dir
@@ -67,7 +77,7 @@ fn load_config(args: &Args) -> Result<TrainConfig> {
             serde_json::to_string(&dir).expect("a string serialises")
         ));
     }
-    let config = TrainConfig::load(&args.config, &overrides)?;
+    let config = TrainConfig::load(config_path, &overrides)?;
     config.validate()?;
     if args.random_init {
         // Weights are not needed: check everything else, then the model's config.json.
@@ -93,7 +103,13 @@ fn load_config(args: &Args) -> Result<TrainConfig> {
 
 fn run() -> Result<()> {
     let args = Args::parse();
-    let config = load_config(&args)?;
+    if let Some(devices) = &args.check_nccl {
+        return check_nccl(devices);
+    }
+    let Some(config_path) = &args.config else {
+        bail!("--config FILE is required (the training recipe)");
+    };
+    let config = load_config(&args, config_path)?;
     let options = TrainOptions {
         resume: args.resume,
         stop_after_steps: args.stop_after_steps,
@@ -102,21 +118,36 @@ fn run() -> Result<()> {
         } else {
             ModelInit::Pretrained
         },
+        device_memory: None,
     };
-    match config.training.devices.as_slice() {
-        [DeviceSpec::Cpu] => run_cpu(&config, &options),
-        [DeviceSpec::Cuda(index)] => run_cuda(&config, &options, *index),
-        devices => bail!(
-            "training.devices {:?}: several devices need data-parallel training over NCCL, \
-             which this build does not have yet; use one device",
-            devices.iter().map(|d| d.to_string()).collect::<Vec<_>>()
-        ),
+    let devices = &config.training.devices;
+    if devices.iter().all(|d| *d == DeviceSpec::Cpu) {
+        run_cpu(&config, &options)
+    } else {
+        let indices: Vec<usize> = devices
+            .iter()
+            .map(|d| match d {
+                DeviceSpec::Cuda(i) => *i,
+                DeviceSpec::Cpu => unreachable!("validate refuses mixing cpu and cuda"),
+            })
+            .collect();
+        run_cuda(&config, &options, &indices)
     }
 }
 
+/// How long a rank waits in a host rendezvous for its peers (a checkpoint written by rank 0
+/// or a slow data worker may hold the others back this long).
+const PEER_TIMEOUT: Duration = Duration::from_secs(3600);
+
 #[cfg(not(feature = "cuda"))]
 fn run_cpu(config: &TrainConfig, options: &TrainOptions) -> Result<()> {
-    run_on::<Autodiff<burn::backend::Flex>>(config, options, &Default::default())
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::Flex;
+    if config.training.gradient_checkpointing {
+        run_on::<Autodiff<Flex, BalancedCheckpointing>>(config, options, &[Default::default()])
+    } else {
+        run_on::<Autodiff<Flex>>(config, options, &[Default::default()])
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -131,24 +162,102 @@ fn run_cpu(_config: &TrainConfig, _options: &TrainOptions) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda(config: &TrainConfig, options: &TrainOptions, index: usize) -> Result<()> {
+fn run_cuda(config: &TrainConfig, options: &TrainOptions, indices: &[usize]) -> Result<()> {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::cuda::{Cuda, CudaDevice};
-    run_on::<Autodiff<Cuda>>(config, options, &CudaDevice::new(index))
+    let devices: Vec<CudaDevice> = indices.iter().map(|&i| CudaDevice::new(i)).collect();
+    let mut options = options.clone();
+    options.device_memory = Some(padt_train::nccl::cuda_memory_probe(devices[0].clone()));
+    if config.training.gradient_checkpointing {
+        run_on::<Autodiff<Cuda, BalancedCheckpointing>>(config, &options, &devices)
+    } else {
+        run_on::<Autodiff<Cuda>>(config, &options, &devices)
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda(_config: &TrainConfig, _options: &TrainOptions, index: usize) -> Result<()> {
+fn run_cuda(_config: &TrainConfig, _options: &TrainOptions, indices: &[usize]) -> Result<()> {
+    let names: Vec<String> = indices.iter().map(|i| format!("cuda:{i}")).collect();
     bail!(
-        "training.devices names cuda:{index}, but this padt-train was built without CUDA: \
-         rebuild with `CUDARC_CUDA_VERSION=13000 cargo build --release --features cuda -p padt-cli \
-         --bin padt-train`, or use `--set training.devices=[cpu]`"
+        "training.devices is [{}], but this padt-train was built without CUDA (and so without \
+         NCCL data parallelism): rebuild with `CUDARC_CUDA_VERSION=13000 cargo build --release \
+         --features cuda -p padt-cli --bin padt-train`, or use `--set training.devices=[cpu]`",
+        names.join(", ")
     )
 }
 
-fn run_on<B: burn::tensor::backend::AutodiffBackend>(
+/// The data-parallel transport of a backend: in-process sums over host memory on CPU, NCCL
+/// on CUDA.
+trait Transport: burn::tensor::backend::AutodiffBackend {
+    fn train_parallel(
+        config: &TrainConfig,
+        options: &TrainOptions,
+        devices: &[Self::Device],
+        observer: &mut (dyn FnMut(TrainEvent<'_>) + Send),
+    ) -> Result<TrainOutcome<Self>, TrainError>;
+}
+
+#[cfg(not(feature = "cuda"))]
+impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Transport
+    for Autodiff<burn::backend::Flex, C>
+{
+    fn train_parallel(
+        config: &TrainConfig,
+        options: &TrainOptions,
+        _devices: &[Self::Device],
+        observer: &mut (dyn FnMut(TrainEvent<'_>) + Send),
+    ) -> Result<TrainOutcome<Self>, TrainError> {
+        // Flex has one device: every rank is a worker thread on the CPU.
+        let world = config.world_size();
+        let devices = vec![Default::default(); world];
+        let groups = LocalGroup::new(world, PEER_TIMEOUT);
+        train_data_parallel::<Self, _>(config, options, &devices, &groups, observer)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Transport
+    for Autodiff<burn::backend::Cuda, C>
+{
+    fn train_parallel(
+        config: &TrainConfig,
+        options: &TrainOptions,
+        devices: &[Self::Device],
+        observer: &mut (dyn FnMut(TrainEvent<'_>) + Send),
+    ) -> Result<TrainOutcome<Self>, TrainError> {
+        let groups = padt_train::nccl::NcclGroup::new(devices, PEER_TIMEOUT);
+        train_data_parallel::<Self, _>(config, options, devices, &groups, observer)
+    }
+}
+
+/// `--check-nccl cuda:0,cuda:1`: the NCCL self-test.
+#[cfg(feature = "cuda")]
+fn check_nccl(devices: &[DeviceSpec]) -> Result<()> {
+    use burn::backend::cuda::CudaDevice;
+    let cuda: Vec<CudaDevice> = devices
+        .iter()
+        .map(|d| match d {
+            DeviceSpec::Cuda(i) => Ok(CudaDevice::new(*i)),
+            DeviceSpec::Cpu => bail!("--check-nccl takes cuda devices, not cpu"),
+        })
+        .collect::<Result<_>>()?;
+    let lines = padt_train::nccl::self_test(&cuda).map_err(anyhow::Error::msg)?;
+    for line in lines {
+        println!("{line}");
+    }
+    println!("nccl: ok");
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn check_nccl(_devices: &[DeviceSpec]) -> Result<()> {
+    bail!("--check-nccl needs a padt-train built with the `cuda` feature")
+}
+
+fn run_on<B: Transport>(
     config: &TrainConfig,
     options: &TrainOptions,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<()> {
     let bar = ProgressBar::hidden();
     let show_bar = config.logging.progress_bar;
@@ -208,7 +317,11 @@ fn run_on<B: burn::tensor::backend::AutodiffBackend>(
         }
         TrainEvent::Note(text) => say(&bar, text),
     };
-    let outcome = train::<B>(config, options, device, &mut observer)?;
+    let outcome = if devices.len() == 1 && config.world_size() == 1 {
+        train::<B>(config, options, &devices[0], &mut observer)?
+    } else {
+        B::train_parallel(config, options, devices, &mut observer)?
+    };
     bar.finish_and_clear();
     print!("{}", outcome.summary);
     if let (Some(shards), false) = (&config.evaluation.shards, outcome.stopped_early) {

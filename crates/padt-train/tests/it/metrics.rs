@@ -1,8 +1,12 @@
 use std::fs;
 
+use burn::module::ParamId;
+use padt_model::Qwen2_5VlConfig;
 use padt_train::metrics::{
-    loss_series, mfu_estimate, plot_losses, read_metrics, summary, MetricsLog, StepMetrics,
+    loss_series, mfu_estimate, parse_vm_hwm, plot_losses, process_peak_rss_bytes, read_metrics,
+    summary, FlopModel, MetricsLog, MicroBatchShape, StepMetrics,
 };
+use padt_train::params::ParamInfo;
 
 fn record(step: u64) -> StepMetrics {
     let loss = 3.0 / (1.0 + step as f64);
@@ -146,4 +150,80 @@ fn summary_and_mfu() {
     assert!(text.lines().count() <= 8, "one screen: {text}");
     assert_eq!(mfu_estimate(1000.0, 6.0e9, Some(1.0e15)), Some(6.0e-3));
     assert_eq!(mfu_estimate(1000.0, 6.0e9, None), None);
+}
+
+#[test]
+fn vm_hwm_is_read_in_bytes() {
+    let status = "Name:\tpadt-train\nVmPeak:\t  999 kB\nVmHWM:\t  123456 kB\nVmRSS:\t 1000 kB\n";
+    assert_eq!(parse_vm_hwm(status), Some(123_456 * 1024));
+    assert_eq!(parse_vm_hwm("VmRSS:\t1 kB\n"), None);
+    assert_eq!(parse_vm_hwm("VmHWM:\tlots\n"), None);
+    if cfg!(target_os = "linux") {
+        assert!(process_peak_rss_bytes().unwrap() > 1 << 20);
+    }
+}
+
+fn param(name: &str, shape: &[usize], requires_grad: bool) -> ParamInfo {
+    ParamInfo {
+        name: name.into(),
+        id: ParamId::new(),
+        shape: shape.to_vec(),
+        requires_grad,
+    }
+}
+
+/// The FLOP count by hand on the padt-tiny architecture with a made-up parameter list:
+/// 6 per trained, 2 per frozen parameter and token; attention 12·d·n² per layer; exact ViT
+/// windows, including a cut last row of windows.
+#[test]
+fn flop_model_counts_parameters_tokens_and_attention() {
+    let path = crate::common::repo_root().join("tests/fixtures/padt-tiny/checkpoint/config.json");
+    let text = fs::read_to_string(&path).unwrap();
+    let qwen = Qwen2_5VlConfig::from_json_str(&text, &path).unwrap();
+    let v = &qwen.vision_config;
+    assert_eq!(
+        (v.window_size, v.patch_size, v.spatial_merge_size),
+        (56, 14, 2)
+    );
+    let params = [
+        param("model.embed_tokens.weight", &[10, 4], true),
+        param("model.layers.0.mlp.weight", &[4, 4], true),
+        param("model.layers.0.frozen.weight", &[4, 4], false),
+        param("visual.blocks.0.w", &[8, 8], true),
+        param("visual.patch_embed.proj.weight", &[3], false),
+        param("visual.merger.mlp.0.weight", &[2, 2], true),
+        param("vl_decoder.x", &[5], true),
+        param("vis_proj.0.weight", &[7], true),
+    ];
+    let model = FlopModel::new(&params, &qwen);
+    assert_eq!(model.llm_per_token, 6.0 * 16.0 + 2.0 * 16.0);
+    assert_eq!(model.lm_head_per_token, 6.0 * 40.0, "tied head = embedding");
+    assert_eq!(model.vision_per_patch, 6.0 * 64.0 + 2.0 * 3.0);
+    assert_eq!(model.merger_per_token, 6.0 * 4.0);
+    assert_eq!(model.uncounted_params, 12);
+    assert_eq!(model.window, 2);
+
+    let shape = MicroBatchShape {
+        sequence_tokens: vec![10, 6],
+        completion_tokens: 5,
+        // 10×12 patches = 5×6 merged tokens: windows of 2×2 merged (16 patches), the last
+        // row of windows 1×2 merged (8 patches): 6·16² + 3·8² = 1728 attention pairs.
+        image_grids: vec![[1, 10, 12]],
+    };
+    let (h, l) = (qwen.hidden_size as f64, qwen.num_hidden_layers as f64);
+    let hv = v.hidden_size as f64;
+    let full = v.fullatt_block_indexes.len() as f64;
+    let window = v.depth as f64 - full;
+    let expected = 128.0 * 16.0
+        + 12.0 * h * l * (100.0 + 36.0)
+        + 240.0 * 5.0
+        + 390.0 * 120.0
+        + 24.0 * 30.0
+        + 12.0 * hv * full * 120.0 * 120.0
+        + 12.0 * hv * window * 1728.0;
+    assert_eq!(model.micro_batch_flops(&shape), expected);
+    // An untied head counts itself, not the embedding.
+    let mut untied = params.to_vec();
+    untied.push(param("lm_head.weight", &[10, 4], false));
+    assert_eq!(FlopModel::new(&untied, &qwen).lm_head_per_token, 2.0 * 40.0);
 }
