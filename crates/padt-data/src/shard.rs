@@ -23,9 +23,10 @@
 //! # Writing
 //!
 //! [`write_dataset`] cuts the source's records into shards deterministically (input records
-//! `[k*N, (k+1)*N)` go to shard `k`), writes shards in parallel (rayon), each to a temporary
-//! file in the output folder that is fsynced and renamed, records each finished shard in
-//! `manifest.partial.json`, and writes `manifest.json` last. A rerun keeps every shard whose
+//! `[k*N, (k+1)*N)` go to shard `k`), writes shards in parallel (as many writer threads as
+//! rayon has, one shard in memory per thread; records are borrowed, not copied), each to a
+//! temporary file in the output folder that is fsynced and renamed, records each finished
+//! shard in `manifest.partial.json`, and writes `manifest.json` last. A rerun keeps every shard whose
 //! inputs are unchanged and whose file still has the recorded sha256.
 
 use crate::manifest::{
@@ -47,6 +48,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Default input records per shard. About 160 MB of JPEGs per shard for COCO-sized images in
@@ -239,7 +241,7 @@ fn list_array<T: polars_arrow::types::NativeType>(
     ))
 }
 
-fn objects_array(records: &[&StoredRecord]) -> Box<dyn Array> {
+fn objects_array(records: &[ShardRow]) -> Box<dyn Array> {
     let objects: Vec<&RecordObject> = records
         .iter()
         .flat_map(|r| r.record.objects.iter())
@@ -300,8 +302,43 @@ fn strings(values: Vec<&str>) -> Box<dyn Array> {
     Box::new(Utf8ViewArray::from_slice_values(values))
 }
 
+/// One row of a shard as it is written: borrowed, so that writing copies no record.
+#[derive(Clone, Copy)]
+struct ShardRow<'a> {
+    record: &'a Record,
+    width: u32,
+    height: u32,
+    image: ImageRef<'a>,
+}
+
+/// The image of a [`ShardRow`].
+#[derive(Clone, Copy)]
+enum ImageRef<'a> {
+    Bytes(&'a [u8]),
+    Path(&'a Path),
+}
+
+impl<'a> From<&'a StoredRecord> for ShardRow<'a> {
+    fn from(r: &'a StoredRecord) -> Self {
+        ShardRow {
+            record: &r.record,
+            width: r.width,
+            height: r.height,
+            image: match &r.image {
+                StoredImage::Bytes(b) => ImageRef::Bytes(b),
+                StoredImage::Path(p) => ImageRef::Path(p),
+            },
+        }
+    }
+}
+
 /// Builds the shard table of `records`. All records must carry the same image kind.
 pub fn records_to_dataframe(records: &[&StoredRecord]) -> DataFrame {
+    let rows: Vec<ShardRow> = records.iter().map(|&r| ShardRow::from(r)).collect();
+    rows_to_dataframe(&rows)
+}
+
+fn rows_to_dataframe(records: &[ShardRow]) -> DataFrame {
     let mut columns = vec![
         column(
             "id",
@@ -346,13 +383,13 @@ pub fn records_to_dataframe(records: &[&StoredRecord]) -> DataFrame {
     ];
     let embedded = records
         .first()
-        .is_none_or(|r| matches!(r.image, StoredImage::Bytes(_)));
+        .is_none_or(|r| matches!(r.image, ImageRef::Bytes(_)));
     if embedded {
         let bytes: Vec<&[u8]> = records
             .iter()
-            .map(|r| match &r.image {
-                StoredImage::Bytes(b) => b.as_slice(),
-                StoredImage::Path(_) => &[][..],
+            .map(|r| match r.image {
+                ImageRef::Bytes(b) => b,
+                ImageRef::Path(_) => &[][..],
             })
             .collect();
         columns.push(column(
@@ -362,9 +399,9 @@ pub fn records_to_dataframe(records: &[&StoredRecord]) -> DataFrame {
     } else {
         let paths: Vec<String> = records
             .iter()
-            .map(|r| match &r.image {
-                StoredImage::Path(p) => p.to_string_lossy().into_owned(),
-                StoredImage::Bytes(_) => String::new(),
+            .map(|r| match r.image {
+                ImageRef::Path(p) => p.to_string_lossy().into_owned(),
+                ImageRef::Bytes(_) => String::new(),
             })
             .collect();
         columns.push(column(
@@ -744,6 +781,15 @@ pub fn write_shard_file(
     records: &[&StoredRecord],
     row_group: usize,
 ) -> Result<(u64, String), ShardError> {
+    let rows: Vec<ShardRow> = records.iter().map(|&r| ShardRow::from(r)).collect();
+    write_rows_file(path, &rows, row_group)
+}
+
+fn write_rows_file(
+    path: &Path,
+    rows: &[ShardRow],
+    row_group: usize,
+) -> Result<(u64, String), ShardError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -753,7 +799,7 @@ pub fn write_shard_file(
             path: dir.to_path_buf(),
             source,
         })?;
-    let mut df = records_to_dataframe(records);
+    let mut df = rows_to_dataframe(rows);
     let (bytes, sha) = {
         let mut writer = HashingWriter {
             inner: std::io::BufWriter::with_capacity(1 << 20, tmp.as_file()),
@@ -865,12 +911,29 @@ pub enum WriteProgress {
     },
 }
 
-/// Converts a source item into a stored record for `mode`, or says why it is skipped.
-fn stored_record(
+/// Where a stored row's image comes from: the source item itself (its path in reference mode,
+/// its bytes in embedded mode) or the file read for embedded mode.
+enum RowImage {
+    FromItem,
+    Read(Vec<u8>),
+}
+
+impl RowImage {
+    fn image_ref<'a>(&'a self, item: &'a SourceItem) -> ImageRef<'a> {
+        match (self, &item.image) {
+            (RowImage::Read(b), _) => ImageRef::Bytes(b),
+            (RowImage::FromItem, ImageData::Bytes(b)) => ImageRef::Bytes(b),
+            (RowImage::FromItem, ImageData::File(p)) => ImageRef::Path(p),
+        }
+    }
+}
+
+/// Resolves a source item's image for `mode`, or says why the item is skipped.
+fn row_image(
     item: &SourceItem,
     index: u64,
     opts: &WriteOptions,
-) -> Result<Result<StoredRecord, SkippedRecord>, ShardError> {
+) -> Result<Result<RowImage, SkippedRecord>, ShardError> {
     let skip = |reason: &str, detail: String| SkippedRecord {
         reason: reason.to_string(),
         source_index: index,
@@ -879,7 +942,7 @@ fn stored_record(
         detail,
     };
     let image = match (opts.image_mode, &item.image) {
-        (ImageMode::Reference, ImageData::File(p)) => StoredImage::Path(p.clone()),
+        (ImageMode::Reference, ImageData::File(_)) => return Ok(Ok(RowImage::FromItem)),
         (ImageMode::Reference, ImageData::Bytes(_)) => {
             return Err(ShardError::Unstorable {
                 index,
@@ -890,9 +953,9 @@ fn stored_record(
                     .into(),
             })
         }
-        (ImageMode::Embedded, ImageData::Bytes(b)) => StoredImage::Bytes(b.clone()),
+        (ImageMode::Embedded, ImageData::Bytes(_)) => RowImage::FromItem,
         (ImageMode::Embedded, ImageData::File(p)) => match std::fs::read(p) {
-            Ok(b) => StoredImage::Bytes(b),
+            Ok(b) => RowImage::Read(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Err(skip("missing_image", p.display().to_string())))
             }
@@ -905,7 +968,7 @@ fn stored_record(
         },
     };
     if opts.check_image_headers {
-        if let StoredImage::Bytes(b) = &image {
+        if let ImageRef::Bytes(b) = image.image_ref(item) {
             match image_dimensions(b) {
                 Err(e) => return Ok(Err(skip("corrupt_image", e))),
                 Ok((w, h)) if (w, h) != (item.width, item.height) => {
@@ -921,12 +984,7 @@ fn stored_record(
             }
         }
     }
-    Ok(Ok(StoredRecord {
-        record: item.record.clone(),
-        width: item.width,
-        height: item.height,
-        image,
-    }))
+    Ok(Ok(image))
 }
 
 /// Width and height from an encoded image's header (no pixel decoding).
@@ -1064,45 +1122,56 @@ pub fn write_dataset(
         ImageMode::Embedded => EMBEDDED_ROW_GROUP,
         ImageMode::Reference => REFERENCE_ROW_GROUP,
     };
-    let written: Vec<Result<(usize, ShardEntry), ShardError>> = plans
-        .par_iter()
+    let to_write: Vec<&(usize, String, String)> = plans
+        .iter()
         .filter(|(k, _, _)| !kept.contains_key(k))
-        .map(|(k, file, digest)| {
-            let range = k * shard_size..((k + 1) * shard_size).min(items.len());
-            let mut stored = Vec::with_capacity(range.len());
-            let mut skipped = Vec::new();
-            for i in range.clone() {
-                match stored_record(&items[i], i as u64, opts)? {
-                    Ok(r) => stored.push(r),
-                    Err(s) => skipped.push(s),
-                }
-            }
-            let refs: Vec<&StoredRecord> = stored.iter().collect();
-            let (bytes, sha256) = write_shard_file(&dir.join(file), &refs, row_group)?;
-            let entry = ShardEntry {
-                file: file.clone(),
-                records: stored.len() as u64,
-                bytes,
-                sha256,
-                input_sha256: digest.clone(),
-                skipped,
-            };
-            {
-                let mut fin = finished.lock().expect("not poisoned");
-                fin.finished.insert(*k as u64, entry.clone());
-                write_partial(dir, &fin)?;
-            }
-            progress(WriteProgress::ShardDone {
-                records: range.len() as u64,
-            });
-            Ok((*k, entry))
-        })
         .collect();
+    let write_one = |&&(k, ref file, ref digest): &&(usize, String, String)| {
+        let range = k * shard_size..((k + 1) * shard_size).min(items.len());
+        let mut images = Vec::with_capacity(range.len());
+        let mut skipped = Vec::new();
+        for i in range.clone() {
+            match row_image(&items[i], i as u64, opts)? {
+                Ok(image) => images.push((i, image)),
+                Err(s) => skipped.push(s),
+            }
+        }
+        let rows: Vec<ShardRow> = images
+            .iter()
+            .map(|(i, image)| {
+                let item = &items[*i];
+                ShardRow {
+                    record: &item.record,
+                    width: item.width,
+                    height: item.height,
+                    image: image.image_ref(item),
+                }
+            })
+            .collect();
+        let (bytes, sha256) = write_rows_file(&dir.join(file), &rows, row_group)?;
+        let entry = ShardEntry {
+            file: file.clone(),
+            records: rows.len() as u64,
+            bytes,
+            sha256,
+            input_sha256: digest.clone(),
+            skipped,
+        };
+        drop(rows);
+        drop(images);
+        {
+            let mut fin = finished.lock().expect("not poisoned");
+            fin.finished.insert(k as u64, entry.clone());
+            write_partial(dir, &fin)?;
+        }
+        progress(WriteProgress::ShardDone {
+            records: range.len() as u64,
+        });
+        Ok((k, entry))
+    };
+    let written = run_bounded(&to_write, write_one)?;
     let mut entries: BTreeMap<usize, ShardEntry> = kept;
-    for r in written {
-        let (k, e) = r?;
-        entries.insert(k, e);
-    }
+    entries.extend(written);
     let shards: Vec<ShardEntry> = entries.into_values().collect();
 
     // Remove shard files of an earlier, larger run that are not part of this one.
@@ -1173,6 +1242,47 @@ pub fn write_dataset(
         std::fs::remove_file(&partial).map_err(io_err(&partial))?;
     }
     Ok(manifest)
+}
+
+/// Runs `job` on every element of `jobs`, in order, on `rayon::current_num_threads()` plain
+/// threads, and returns the results in job order, or the error of the first job (in job order)
+/// that failed; after a failure no new job starts.
+///
+/// Plain threads, not a rayon `par_iter`: polars' Parquet writer runs its work on polars' own
+/// rayon pool, and a rayon worker that waits for another pool runs more jobs of its own pool
+/// meanwhile, so every shard of a run would be built and held at once (bench/preprocess.md).
+/// Here a writer thread simply blocks, and at most one shard per thread is in memory.
+fn run_bounded<T: Sync, R: Send>(
+    jobs: &[T],
+    job: impl Fn(&T) -> Result<R, ShardError> + Sync,
+) -> Result<Vec<R>, ShardError> {
+    let workers = rayon::current_num_threads().clamp(1, jobs.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<R, ShardError>>>> =
+        Mutex::new(jobs.iter().map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                // Jobs are taken in order, so every job before a failed one has run.
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(j) = jobs.get(i) else { break };
+                    let result = job(j);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    results.lock().expect("not poisoned")[i] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn write_partial(dir: &Path, partial: &PartialManifest) -> Result<(), ShardError> {
@@ -1352,5 +1462,48 @@ impl ShardDataset {
             Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn fail(k: usize) -> ShardError {
+        ShardError::OutOfRange {
+            index: k as u64,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn bounded_runner_keeps_job_order() {
+        let jobs: Vec<usize> = (0..50).collect();
+        let out = run_bounded(&jobs, |&k| Ok(k * 2)).unwrap();
+        assert_eq!(out, (0..50).map(|k| k * 2).collect::<Vec<_>>());
+        assert!(run_bounded(&[] as &[usize], |&k| Ok(k)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bounded_runner_reports_the_first_failure_and_starts_no_new_job() {
+        let started = AtomicUsize::new(0);
+        let jobs: Vec<usize> = (0..1000).collect();
+        let err = run_bounded(&jobs, |&k| {
+            started.fetch_add(1, Ordering::Relaxed);
+            if k == 7 || k == 9 || k == 500 {
+                return Err(fail(k));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            Ok(k)
+        })
+        .unwrap_err();
+        // The first failure in job order, whichever thread saw which failure first.
+        assert!(
+            matches!(err, ShardError::OutOfRange { index: 7, .. }),
+            "{err}"
+        );
+        // Jobs after a failure are not started (10 s of jobs; the run stops after ~8).
+        assert!(started.load(Ordering::Relaxed) < 500);
     }
 }

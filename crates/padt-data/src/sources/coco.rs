@@ -169,24 +169,30 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
     let dataset = CocoDataset::load(&opts.annotations, true)?;
     let mut out = SourceOutput::default();
     dataset.count_basics(&mut out);
+    let CocoDataset {
+        images,
+        mut annotations,
+        categories,
+        img_to_anns,
+        ..
+    } = dataset;
 
     // Category order: `np.array(list(set(coco.getCatIds())))`.
-    let cat_ids: Vec<i64> = dataset.categories.iter().map(|c| c.id).collect();
+    let cat_ids: Vec<i64> = categories.iter().map(|c| c.id).collect();
     let mut category_index = cpython_set::cpython_set_order(&cat_ids);
-    let cat_names: HashMap<i64, &str> = dataset
-        .categories
-        .iter()
-        .map(|c| (c.id, c.name.as_str()))
-        .collect();
+    let cat_names: HashMap<i64, &str> =
+        categories.iter().map(|c| (c.id, c.name.as_str())).collect();
     let mut rng = match opts.split {
         CocoSplit::Train => Some(LegacyRandomState::new(opts.seed)),
         CocoSplit::Val => None,
     };
 
-    // Sequential pass: skips, random draws, prompt and answer categories.
+    // Sequential pass: skips, random draws, prompt and answer categories. Each planned object
+    // takes its annotation's segmentation along, so that an image's polygons are freed as soon
+    // as its record is built (bench/preprocess.md).
     let mut plans = Vec::new();
-    for (img_idx, img) in dataset.images.iter().enumerate() {
-        let anns = &dataset.img_to_anns[img_idx];
+    for (img_idx, img) in images.iter().enumerate() {
+        let anns = &img_to_anns[img_idx];
         if img.width.max(img.height) > opts.max_side {
             out.count(&format!("images_skipped_max_side_gt_{}", opts.max_side), 1);
             out.count("annotations_in_skipped_images", anns.len() as u64);
@@ -194,7 +200,7 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
         }
         let mut counts: Vec<(i64, usize)> = Vec::new();
         for &a in anns {
-            let cat = dataset.annotations[a].category_id;
+            let cat = annotations[a].category_id;
             match counts.iter_mut().find(|(c, _)| *c == cat) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((cat, 1)),
@@ -217,7 +223,7 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
             .map(|(i, &c)| (c, i))
             .collect();
         counts.sort_by_key(|(c, _)| position[c]);
-        let mut answer_categories = Vec::new();
+        let mut answer_categories = Vec::with_capacity(counts.len());
         for &(cat, n) in &counts {
             removed.remove(&cat);
             if n > opts.max_per_class {
@@ -232,11 +238,15 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
                 );
                 continue;
             }
-            let cat_anns: Vec<usize> = anns
-                .iter()
-                .copied()
-                .filter(|&a| dataset.annotations[a].category_id == cat)
-                .collect();
+            let mut cat_anns = Vec::with_capacity(n);
+            for &a in anns {
+                if annotations[a].category_id == cat {
+                    cat_anns.push(PlannedObject {
+                        annotation: a,
+                        segmentation: annotations[a].segmentation.take(),
+                    });
+                }
+            }
             answer_categories.push((cat, cat_anns));
         }
         let prompt_names: Vec<&str> = category_index
@@ -244,85 +254,24 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
             .filter(|c| !removed.contains(c))
             .map(|c| cat_names[c])
             .collect();
+        let mut prompt = ovd_prompt(&prompt_names);
+        prompt.shrink_to_fit();
         plans.push(ImagePlan {
             img_idx,
-            prompt: ovd_prompt(&prompt_names),
+            prompt,
             answer_categories,
         });
     }
 
-    // Parallel pass: masks, patches, RLEs.
-    let built: Vec<Vec<Vec<ObjectOutcome>>> = plans
-        .par_iter()
-        .map(|plan| {
-            let img = &dataset.images[plan.img_idx];
-            plan.answer_categories
-                .iter()
-                .map(|(_, anns)| {
-                    anns.iter()
-                        .map(|&a| build_object(&dataset.annotations[a], img))
-                        .collect()
-                })
-                .collect()
-        })
+    // Parallel pass: masks, patches, RLEs and the record of each image, in image order. Each
+    // plan (with its segmentations) is dropped once its record is built.
+    let built: Vec<(Option<SourceItem>, ImageCounts)> = plans
+        .into_par_iter()
+        .map(|plan| build_record(plan, &images, &annotations, &cat_names, &opts.images_dir))
         .collect();
-
-    // Sequential assembly in image order.
-    for (plan, per_cat) in plans.into_iter().zip(built) {
-        let img = &dataset.images[plan.img_idx];
-        if padt_grid(img.height, img.width).is_none() {
-            out.count("images_skipped_side_lt_14", 1);
-            continue;
-        }
-        let mut objects: Vec<RecordObject> = Vec::new();
-        let mut groups: Vec<(&str, usize)> = Vec::new();
-        for ((cat, _), outcomes) in plan.answer_categories.iter().zip(per_cat) {
-            let name = cat_names[cat];
-            let mut kept = 0usize;
-            for outcome in outcomes {
-                match outcome {
-                    ObjectOutcome::Kept {
-                        mut object,
-                        box_filled,
-                    } => {
-                        object.label = name.to_string();
-                        objects.push(object);
-                        kept += 1;
-                        out.count("objects_kept", 1);
-                        if box_filled {
-                            out.count("objects_without_segmentation_box_filled", 1);
-                        }
-                    }
-                    ObjectOutcome::NoPatch => out.count("objects_dropped_no_patch", 1),
-                    ObjectOutcome::Invalid => out.count("objects_skipped_invalid_segmentation", 1),
-                }
-            }
-            if kept > 0 {
-                groups.push((name, kept));
-            }
-        }
-        let image_path = opts.images_dir.join(&img.file_name);
-        if !image_path.is_file() {
-            out.count("records_skipped_image_missing", 1);
-            continue;
-        }
-        if objects.is_empty() {
-            out.count("records_without_objects", 1);
-        }
-        out.count("records", 1);
-        out.items.push(SourceItem {
-            record: Record {
-                id: img.id,
-                image: img.file_name.clone(),
-                prompt: plan.prompt,
-                answer_template: ovd_answer(&groups),
-                objects,
-                task: Task::Ovd,
-            },
-            image: ImageData::File(image_path),
-            width: img.width,
-            height: img.height,
-        });
+    for (item, counts) in built {
+        counts.add_to(&mut out);
+        out.items.extend(item);
     }
     Ok(out)
 }
@@ -330,8 +279,128 @@ pub fn process_coco(opts: &CocoOptions) -> Result<SourceOutput, SourceError> {
 struct ImagePlan {
     img_idx: usize,
     prompt: String,
-    /// Categories of the answer in prompt order, with their annotation indices (JSON order).
-    answer_categories: Vec<(i64, Vec<usize>)>,
+    /// Categories of the answer in prompt order, with their annotations (JSON order).
+    answer_categories: Vec<(i64, Vec<PlannedObject>)>,
+}
+
+/// An annotation of a planned image, with the segmentation taken out of it.
+struct PlannedObject {
+    /// Index into the annotations.
+    annotation: usize,
+    segmentation: Option<SegmentationField>,
+}
+
+/// The counters one image's record adds (all start at zero).
+#[derive(Default)]
+struct ImageCounts {
+    images_skipped_side_lt_14: u64,
+    objects_kept: u64,
+    objects_without_segmentation_box_filled: u64,
+    objects_dropped_no_patch: u64,
+    objects_skipped_invalid_segmentation: u64,
+    records_skipped_image_missing: u64,
+    records_without_objects: u64,
+    records: u64,
+}
+
+impl ImageCounts {
+    /// Adds the non-zero counters (a counter that never fired stays absent, as it would with
+    /// `SourceOutput::count` per event).
+    fn add_to(&self, out: &mut SourceOutput) {
+        for (reason, n) in [
+            ("images_skipped_side_lt_14", self.images_skipped_side_lt_14),
+            ("objects_kept", self.objects_kept),
+            (
+                "objects_without_segmentation_box_filled",
+                self.objects_without_segmentation_box_filled,
+            ),
+            ("objects_dropped_no_patch", self.objects_dropped_no_patch),
+            (
+                "objects_skipped_invalid_segmentation",
+                self.objects_skipped_invalid_segmentation,
+            ),
+            (
+                "records_skipped_image_missing",
+                self.records_skipped_image_missing,
+            ),
+            ("records_without_objects", self.records_without_objects),
+            ("records", self.records),
+        ] {
+            if n > 0 {
+                out.count(reason, n);
+            }
+        }
+    }
+}
+
+/// The record of one planned image (or `None` when it is skipped), and its counters.
+fn build_record(
+    plan: ImagePlan,
+    images: &[CocoImage],
+    annotations: &[CocoAnnotation],
+    cat_names: &HashMap<i64, &str>,
+    images_dir: &Path,
+) -> (Option<SourceItem>, ImageCounts) {
+    let mut counts = ImageCounts::default();
+    let img = &images[plan.img_idx];
+    if padt_grid(img.height, img.width).is_none() {
+        counts.images_skipped_side_lt_14 = 1;
+        return (None, counts);
+    }
+    let mut objects: Vec<RecordObject> = Vec::new();
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for (cat, anns) in &plan.answer_categories {
+        let name = cat_names[cat];
+        let mut kept = 0usize;
+        for planned in anns {
+            let ann = &annotations[planned.annotation];
+            match build_object(ann, planned.segmentation.as_ref(), img) {
+                ObjectOutcome::Kept {
+                    mut object,
+                    box_filled,
+                } => {
+                    object.label = name.to_string();
+                    objects.push(object);
+                    kept += 1;
+                    counts.objects_kept += 1;
+                    if box_filled {
+                        counts.objects_without_segmentation_box_filled += 1;
+                    }
+                }
+                ObjectOutcome::NoPatch => counts.objects_dropped_no_patch += 1,
+                ObjectOutcome::Invalid => counts.objects_skipped_invalid_segmentation += 1,
+            }
+        }
+        if kept > 0 {
+            groups.push((name, kept));
+        }
+    }
+    let answer_template = ovd_answer(&groups);
+    drop(plan.answer_categories);
+    let image_path = images_dir.join(&img.file_name);
+    if !image_path.is_file() {
+        counts.records_skipped_image_missing = 1;
+        return (None, counts);
+    }
+    if objects.is_empty() {
+        counts.records_without_objects = 1;
+    }
+    counts.records = 1;
+    objects.shrink_to_fit();
+    let item = SourceItem {
+        record: Record {
+            id: img.id,
+            image: img.file_name.clone(),
+            prompt: plan.prompt,
+            answer_template,
+            objects,
+            task: Task::Ovd,
+        },
+        image: ImageData::File(image_path),
+        width: img.width,
+        height: img.height,
+    };
+    (Some(item), counts)
 }
 
 enum ObjectOutcome {
@@ -343,11 +412,16 @@ enum ObjectOutcome {
     Invalid,
 }
 
-fn build_object(ann: &CocoAnnotation, img: &CocoImage) -> ObjectOutcome {
+/// The object of `ann` (whose segmentation is passed separately).
+fn build_object(
+    ann: &CocoAnnotation,
+    segmentation: Option<&SegmentationField>,
+    img: &CocoImage,
+) -> ObjectOutcome {
     let Some((gh, gw)) = padt_grid(img.height, img.width) else {
         return ObjectOutcome::NoPatch;
     };
-    let (mask, keep_rle) = match &ann.segmentation {
+    let (mask, keep_rle) = match segmentation {
         Some(seg) => match annotation_rle(seg, img.height, img.width) {
             Ok(rle) => (rle, true),
             Err(_) => return ObjectOutcome::Invalid,
@@ -360,10 +434,12 @@ fn build_object(ann: &CocoAnnotation, img: &CocoImage) -> ObjectOutcome {
             }
         }
     };
-    let patches = foreground_patches(&mask, PatchRule::CocoU8);
+    let mut patches = foreground_patches(&mask, PatchRule::CocoU8);
     if patches.is_empty() {
         return ObjectOutcome::NoPatch;
     }
+    // Records stay in memory until their shard is written: no spare capacity.
+    patches.shrink_to_fit();
     ObjectOutcome::Kept {
         object: RecordObject {
             patches,
@@ -443,11 +519,8 @@ impl<'de> Deserialize<'de> for SegmentationField {
             ) -> Result<Self::Value, A::Error> {
                 let mut polys = Vec::new();
                 let mut invalid = None;
-                // One polygon at a time as a JSON value, converted right away.
-                while let Some(part) = seq.next_element::<serde_json::Value>()? {
-                    let coords = part
-                        .as_array()
-                        .and_then(|a| a.iter().map(serde_json::Value::as_f64).collect());
+                // Straight into numbers, one polygon at a time.
+                while let Some(PolygonField(coords)) = seq.next_element()? {
                     match coords {
                         Some(coords) => polys.push(coords),
                         None => {
@@ -457,6 +530,7 @@ impl<'de> Deserialize<'de> for SegmentationField {
                         }
                     }
                 }
+                polys.shrink_to_fit();
                 Ok(match invalid {
                     Some(what) => SegmentationField::Invalid(what),
                     None => SegmentationField::Polygons(polys),
@@ -507,6 +581,137 @@ impl<'de> Deserialize<'de> for SegmentationField {
     }
 }
 
+/// One polygon of a segmentation list: its coordinates, or `None` when the value is not a list
+/// of numbers (read without building a `serde_json::Value`).
+struct PolygonField(Option<Vec<f64>>);
+
+impl<'de> Deserialize<'de> for PolygonField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PolygonVisitor;
+        impl<'de> serde::de::Visitor<'de> for PolygonVisitor {
+            type Value = PolygonField;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a polygon (list of numbers)")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut coords = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                let mut all_numbers = true;
+                while let Some(value) = seq.next_element::<JsonNumber>()? {
+                    match value.0 {
+                        Some(v) if all_numbers => coords.push(v),
+                        Some(_) => {}
+                        None => all_numbers = false,
+                    }
+                }
+                coords.shrink_to_fit();
+                Ok(PolygonField(all_numbers.then_some(coords)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(PolygonField(None))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(PolygonField(None))
+            }
+        }
+        deserializer.deserialize_any(PolygonVisitor)
+    }
+}
+
+/// A JSON value that is a number (as `serde_json::Value::as_f64` reads it), or `None` for
+/// any other value (skipped).
+struct JsonNumber(Option<f64>);
+
+impl<'de> Deserialize<'de> for JsonNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NumberVisitor;
+        impl<'de> serde::de::Visitor<'de> for NumberVisitor {
+            type Value = JsonNumber;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(JsonNumber(Some(v as f64)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(JsonNumber(Some(v as f64)))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(JsonNumber(Some(v)))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(JsonNumber(None))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(JsonNumber(None))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(JsonNumber(None))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(JsonNumber(None))
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(JsonNumber(None))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
 /// `encode(decode(rle))` without the dense mask: drops empty runs (uncompressed crowd RLEs and
 /// unions may hold them) by joining their neighbours. An empty mask keeps its single count.
 pub(crate) fn canonical_rle(rle: Rle) -> Rle {
@@ -536,9 +741,11 @@ pub(crate) fn canonical_rle(rle: Rle) -> Rle {
 
 /// The `rle` field of a record object.
 pub(crate) fn rle_json(rle: &Rle) -> RleJson {
+    let mut counts = rle.to_string();
+    counts.shrink_to_fit();
     RleJson {
         size: rle.size(),
-        counts: rle.to_string(),
+        counts,
     }
 }
 
@@ -646,6 +853,8 @@ impl CocoDataset {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // The text is not needed past parsing: free it before indexing.
+        drop(bytes);
         Ok(Self::index(file, require_category))
     }
 
@@ -718,5 +927,67 @@ impl CocoDataset {
                 self.skipped_unknown_category as u64,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> SegmentationField {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn polygons_read_like_json_values() {
+        // Integers, floats, exponents, negative numbers and a u64 past i64 read as
+        // `serde_json::Value::as_f64` reads them.
+        let json = "[[0, 1.5, -2, 3e2, 18446744073709551615, 0.1], [7, 8, 9, 10, 11, 12]]";
+        let SegmentationField::Polygons(polys) = parse(json) else {
+            panic!("not polygons")
+        };
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let expected: Vec<Vec<f64>> = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(polys, expected);
+        assert!(matches!(parse("[]"), SegmentationField::Polygons(p) if p.is_empty()));
+    }
+
+    #[test]
+    fn polygons_with_non_numbers_are_invalid_not_errors() {
+        for (json, bad) in [
+            ("[[0, 0, 28, \"x\", 28, 28]]", 0),
+            ("[[0, 0, 28, 0, 28, 28], [1, [2], 3, 4, 5, 6]]", 1),
+            ("[[0, 0, 28, 0, 28, 28], 5]", 1),
+            ("[null, [0, 0, 28, 0, 28, 28]]", 0),
+            ("[[0, 0, 28, 0, 28, 28], {\"a\": [1]}, [true]]", 1),
+            ("[[0, 0, 28, {\"x\": 1}, 28, 28]]", 0),
+        ] {
+            match parse(json) {
+                SegmentationField::Invalid(what) => {
+                    assert_eq!(
+                        what,
+                        format!("polygon #{bad} is not a list of numbers"),
+                        "{json}"
+                    )
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        assert!(matches!(parse("\"abc\""), SegmentationField::Invalid(_)));
+        assert!(matches!(
+            parse("{\"counts\": [1, 2], \"size\": [1, 3]}"),
+            SegmentationField::Other(_)
+        ));
     }
 }
