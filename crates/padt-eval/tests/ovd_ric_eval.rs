@@ -183,7 +183,7 @@ fn a_higher_scored_false_positive_halves_ap_and_zeroes_ar1() {
     // One image, one cat; a wrong box scored 0.9 and the right box scored 0.5. Sorted by score:
     // FP then TP → precision 1/2 at recall 1, so AP = 0.5 at every IoU threshold; with one
     // detection per image only the FP counts (AR1 = 0); with 10, recall is 1.
-    let records = vec![record(
+    let records = [record(
         1,
         Task::Ovd,
         vec![object("cat", [0.1, 0.1, 0.6, 0.6], 2500.0, 0)],
