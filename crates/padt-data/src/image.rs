@@ -618,6 +618,7 @@ fn resample_horizontal_blocked<const C: usize>(
     let mut out = vec![0u8; row_count * out_width * C];
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut wide = vec![[[0i32; ROW_LANES]; C]; src_width];
+    let mut narrow = vec![[[0u8; ROW_LANES]; C]; out_width];
     let blocks = row_count / ROW_LANES;
     for block in 0..blocks {
         let y0 = rows.start + block * ROW_LANES;
@@ -631,7 +632,7 @@ fn resample_horizontal_blocked<const C: usize>(
         }
         let out_block =
             &mut out[block * ROW_LANES * out_width * C..(block + 1) * ROW_LANES * out_width * C];
-        for x in 0..out_width {
+        for (x, clipped) in narrow.iter_mut().enumerate() {
             let (start, n) = (coeffs.first[x], coeffs.count[x]);
             let k = &coeffs.weights[x * coeffs.ksize..x * coeffs.ksize + n];
             let mut acc = [[half; ROW_LANES]; C];
@@ -642,10 +643,17 @@ fn resample_horizontal_blocked<const C: usize>(
                     }
                 }
             }
-            for r in 0..ROW_LANES {
-                let o = (r * out_width + x) * C;
+            // Clipped lane-wise (vectorised), written to the rows below in one sweep per row.
+            for c in 0..C {
+                for r in 0..ROW_LANES {
+                    clipped[c][r] = clip8(acc[c][r]);
+                }
+            }
+        }
+        for (r, out_row) in out_block.chunks_exact_mut(out_width * C).enumerate() {
+            for (px, clipped) in out_row.chunks_exact_mut(C).zip(&narrow) {
                 for c in 0..C {
-                    out_block[o + c] = clip8(acc[c][r]);
+                    px[c] = clipped[c][r];
                 }
             }
         }
