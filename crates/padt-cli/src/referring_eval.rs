@@ -293,12 +293,18 @@ pub fn evaluate<B: Backend>(
         );
     }
 
-    let mut results = String::new();
-    for e in &evaluated {
-        for o in &e.objects {
-            results += &(ObjectLine::from_detected(e.record.record.id, o).to_json_line() + "\n");
-        }
-    }
+    let object_lines: Vec<ObjectLine> = evaluated
+        .iter()
+        .flat_map(|e| {
+            e.objects
+                .iter()
+                .map(|o| ObjectLine::from_detected(e.record.record.id, o))
+        })
+        .collect();
+    let results: String = object_lines
+        .iter()
+        .map(|l| l.to_json_line() + "\n")
+        .collect();
     let mut lines = String::new();
     let summary = match args.task {
         EvalTask::Rec => {
@@ -333,14 +339,6 @@ pub fn evaluate<B: Backend>(
                     record: &e.record.record,
                     width: e.record.width,
                     height: e.record.height,
-                })
-                .collect();
-            let object_lines: Vec<ObjectLine> = evaluated
-                .iter()
-                .flat_map(|e| {
-                    e.objects
-                        .iter()
-                        .map(|o| ObjectLine::from_detected(e.record.record.id, o))
                 })
                 .collect();
             let report = evaluate_ovd(&images, &object_lines, "the generated predictions")
