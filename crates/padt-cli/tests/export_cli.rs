@@ -290,6 +290,18 @@ fn export_refuses_overwrite_and_names_bad_inputs() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!out.join("stale.txt").exists());
     assert!(out.join("model.safetensors").is_file());
+    // --force never deletes an input: the run directory as output is refused.
+    let o = export(
+        &["--checkpoint", &run_s, "--out", &run_s, "--force"],
+        tmp.path(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("is or contains the input"),
+        "{}",
+        text(&o)
+    );
+    assert!(run_dir.join("checkpoint-2/model.safetensors").is_file());
     // An existing empty directory is fine without --force.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

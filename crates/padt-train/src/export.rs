@@ -86,6 +86,9 @@ pub enum ExportError {
     /// The output directory exists and is not empty.
     #[error("{path} exists and is not empty (pass --force to replace it)")]
     OutputExists { path: PathBuf },
+    /// Replacing the output would delete an input (the checkpoint or the model directory).
+    #[error("--out {out} is or contains the input {input}; choose another output directory")]
+    OutputHoldsInput { out: PathBuf, input: PathBuf },
     /// The output path exists and is not a directory.
     #[error("{path} exists and is not a directory")]
     OutputNotDir { path: PathBuf },
@@ -520,6 +523,25 @@ fn check_output(out: &Path, force: bool) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// Refuses an existing `out` that is one of `inputs` or a parent of one (with `force` it would
+/// be deleted).
+fn check_output_apart(out: &Path, inputs: &[&Path]) -> Result<(), ExportError> {
+    let Ok(out_abs) = out.canonicalize() else {
+        return Ok(()); // does not exist yet
+    };
+    for input in inputs {
+        if let Ok(input_abs) = input.canonicalize() {
+            if input_abs.starts_with(&out_abs) {
+                return Err(ExportError::OutputHoldsInput {
+                    out: out.to_path_buf(),
+                    input: input.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn fsync_file(path: &Path) -> Result<(), ExportError> {
     File::open(path)
         .and_then(|f| f.sync_all())
@@ -534,6 +556,10 @@ pub fn export_checkpoint<B: Backend>(
     check_output(&request.out, request.force)?;
     let (model, padt, recipe, resolved) = load_trained_model::<B>(request, device)?;
     let model_dir = recipe.model.path.clone();
+    check_output_apart(
+        &request.out,
+        &[&resolved.dir, &model_dir, recipe.tokenizer_dir()],
+    )?;
     let source_path = model_dir.join(CONFIG_FILE);
     let source_text = fs::read_to_string(&source_path).map_err(io_err(&source_path))?;
     let source: serde_json::Value =
