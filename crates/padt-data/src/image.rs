@@ -622,11 +622,13 @@ fn resample_horizontal_blocked<const C: usize>(
     let blocks = row_count / ROW_LANES;
     for block in 0..blocks {
         let y0 = rows.start + block * ROW_LANES;
-        for r in 0..ROW_LANES {
-            let row = &src[(y0 + r) * src_width * C..(y0 + r + 1) * src_width * C];
-            for (w, px) in wide.iter_mut().zip(row.chunks_exact(C)) {
-                for c in 0..C {
-                    w[c][r] = px[c] as i32;
+        let block_src = &src[y0 * src_width * C..(y0 + ROW_LANES) * src_width * C];
+        let src_rows: [&[u8]; ROW_LANES] =
+            std::array::from_fn(|r| &block_src[r * src_width * C..(r + 1) * src_width * C]);
+        for (x, w) in wide.iter_mut().enumerate() {
+            for c in 0..C {
+                for r in 0..ROW_LANES {
+                    w[c][r] = src_rows[r][x * C + c] as i32;
                 }
             }
         }
