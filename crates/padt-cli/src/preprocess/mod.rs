@@ -5,6 +5,7 @@
 //! source from `padt_data::sources`, write shards with `padt_data::shard`), `inspect`,
 //! `export-jsonl`, `verify`.
 
+pub mod alloc;
 pub mod encode;
 pub mod export;
 pub mod inspect;
@@ -51,6 +52,7 @@ pub enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    alloc::use_one_malloc_arena();
     match cli.command {
         Command::Coco(a) => sources::run_coco(a),
         Command::Refcoco(a) => sources::run_refcoco(a),
