@@ -18,8 +18,10 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
-# cubecl-cuda dlopens libcuda, libnvrtc (and libnccl for DDP): put wherever they live on the path.
-for lib in libnvrtc.so libnccl.so.2 libcuda.so.1; do
+# cubecl-cuda dlopens libcuda, libnvrtc (and libnccl for DDP): put nvrtc and nccl on the path.
+# (not libcuda: the toolkit's compat/libcuda.so.1 does not match the installed driver; the
+# system's libcuda is on the default path)
+for lib in libnvrtc.so libnccl.so.2; do
   found=$(find /usr/local /usr/lib /usr/lib64 /opt \( -name "$lib" -o -name "$lib.*" \) 2>/dev/null | head -1)
   say "lib $lib: ${found:-not found}"
   [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -29,6 +31,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('$BIN/padt-train.xz'), open('/tmp/padt-train', 'wb'))" \
   && chmod +x /tmp/padt-train
 BIN=/tmp
+# The demo recipe without keys newer than the binary (DEMO_CONFIG_DROP, a regex of key lines).
+grep -Ev "${DEMO_CONFIG_DROP:-^\s*peak_tflops:}" configs/demo_cpu.yaml > configs/demo_gpu_run.yaml
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -46,20 +50,20 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,nohead
 SMI=$!
 
 # 1. Same weights and data as the CPU run in .gpu/demo_cpu20_metrics.jsonl.
-stage demo20 90 $BIN/padt-train --config configs/demo_cpu.yaml --set model.path=.gpu/demo_model \
+stage demo20 60 $BIN/padt-train --config configs/demo_gpu_run.yaml --set model.path=.gpu/demo_model \
   --set data.datasets.0.shards=.gpu/demo_shards \
   --set training.devices=[cuda:0] --set training.max_steps=20 --set logging.every_steps=1 \
   --set logging.progress_bar=false --set evaluation.shards=null --output-dir "$OUT/demo20"
 cp "$OUT/demo20/metrics.jsonl" "$LOG/demo20_metrics.jsonl" 2>/dev/null
 
 # 2. The README demo command, on the GPU.
-stage demo_full 130 $BIN/padt-train --config configs/demo_cpu.yaml --random-init \
+stage demo_full 120 $BIN/padt-train --config configs/demo_gpu_run.yaml --random-init \
   --set training.devices=[cuda:0] --set logging.progress_bar=false --output-dir "$OUT/demo_full"
 cp "$OUT/demo_full/metrics.jsonl" "$LOG/demo_full_metrics.jsonl" 2>/dev/null
 cp "$OUT/demo_full/eval_metrics.json" "$LOG/demo_full_eval_metrics.json" 2>/dev/null
 
 # 3. 3B, ours.
-stage ours_3b 190 $BIN/padt-train --config bench/gpu/padt_rec_3b_bench.yaml --random-init \
+stage ours_3b 200 $BIN/padt-train --config bench/gpu/padt_rec_3b_bench.yaml --random-init \
   --output-dir "$OUT/ours_3b"
 cp "$OUT/ours_3b/metrics.jsonl" "$LOG/ours_3b_metrics.jsonl" 2>/dev/null
 
