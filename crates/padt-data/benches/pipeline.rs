@@ -158,6 +158,21 @@ fn samples(dir: &Path, tokenizer_dir: &Path, seconds: f64, loader_only: bool) {
     if loader_only {
         return;
     }
+    // The same with zune-jpeg instead of the default decoder (not bit-identical to Pillow's
+    // libjpeg-turbo in every pixel; see bench/pipeline.md), for the decoder's share.
+    let zune = DecodeOptions {
+        jpeg_decoder: JpegDecoderKind::ZuneJpeg,
+        ..DecodeOptions::default()
+    };
+    let full_zune = rate(seconds, |i| {
+        let k = i % n;
+        black_box(
+            encoder
+                .prepare_from_bytes(&records[k], &blobs[k], &processor, &zune, seed, 0, i as u64)
+                .unwrap(),
+        );
+    });
+    println!("  same with zune-jpeg: {full_zune:.1} samples/CPU-s");
 
     let image = rate(seconds, |i| {
         black_box(process_image(&blobs[i % n], "bench", &processor, &decode).unwrap());
