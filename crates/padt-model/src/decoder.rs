@@ -558,9 +558,12 @@ impl<B: Backend> PadtDecoder<B> {
         let lo_pe_rows = index(lo_pe_rows);
 
         // Query sequences: [box, score, mask tokens, projected VRT features + vp_embedding].
-        let special = self.bbox_score_mask_tokens.weight.val();
-        let vp = self.vp_embedding.weight.val();
-        let projected = self.input_projection.forward(input.object_feats) + vp;
+        // The learned rows take the features' dtype (bf16 on the mixed-precision path).
+        let projected = self.input_projection.forward(input.object_feats);
+        let dtype = projected.dtype();
+        let special = self.bbox_score_mask_tokens.weight.val().cast(dtype);
+        let vp = self.vp_embedding.weight.val().cast(dtype);
+        let projected = projected + vp;
         let mut parts = Vec::with_capacity(2 * n_obj);
         let mut offset = 0;
         for &k in &input.feats_len {
@@ -734,7 +737,9 @@ fn mask_logits<B: Backend>(
         let map = if gh == max_h && gw == max_w {
             map
         } else {
-            Tensor::zeros([4 * max_h, 4 * max_w], &device).slice_assign([0..4 * gh, 0..4 * gw], map)
+            Tensor::<B, 2>::zeros([4 * max_h, 4 * max_w], &device)
+                .cast(map.dtype())
+                .slice_assign([0..4 * gh, 0..4 * gw], map)
         };
         maps.push(map.unsqueeze_dim::<3>(0));
     }

@@ -171,7 +171,7 @@ fn check_decoder_fits_vision(
         path: path.to_path_buf(),
         message,
     };
-    if decoder.num_heads == 0 || decoder.hidden_size % decoder.num_heads != 0 {
+    if decoder.num_heads == 0 || !decoder.hidden_size.is_multiple_of(decoder.num_heads) {
         return Err(mismatch(format!(
             "vl_decoder.hidden_size {} is not a multiple of vl_decoder.num_heads {}",
             decoder.hidden_size, decoder.num_heads
@@ -377,8 +377,11 @@ impl<B: Backend> PadtModel<B> {
 
     /// Classifier rows `[V + ΣNm, D]`: `[embed_tokens ; prototypes]` when tied, else
     /// `[lm_head ; prototypes]`.
+    /// The rows take the head's dtype (f32 parameters; the bf16 path makes bf16 prototypes).
     pub fn classifier(&self, prototypes: Tensor<B, 2>) -> Tensor<B, 2> {
-        Tensor::cat(vec![self.qwen.lm_head_weight(), prototypes], 0)
+        let head = self.qwen.lm_head_weight();
+        let dtype = head.dtype();
+        Tensor::cat(vec![head, prototypes.cast(dtype)], 0)
     }
 
     /// Per-image logit mask over the extended vocabulary, `true` = forbidden: the VRT columns of
@@ -542,6 +545,14 @@ impl<B: Backend> PadtModel<B> {
                 grids: input.image_grid_thw.clone(),
             })?;
             (decoder, true, Some((feats, feats_len)))
+        };
+        // Losses are computed in f32, whatever the compute dtype.
+        let f32 = burn::tensor::DType::F32;
+        let decoder = DecoderOutput {
+            pred_boxes: decoder.pred_boxes.cast(f32),
+            pred_score: decoder.pred_score.cast(f32),
+            pred_mask: decoder.pred_mask.map(|m| m.cast(f32)),
+            ..decoder
         };
         Ok(PadtTrainOutput {
             logits,
