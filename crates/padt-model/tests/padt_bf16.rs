@@ -11,23 +11,15 @@ mod common;
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use common::*;
-use padt_model::padt::{PadtModel, PadtTrainInput, PadtTrainOutput};
+use padt_model::padt::{PadtModel, PadtTrainOutput};
 use padt_model::weights::LoadOptions;
 
 type AD = Autodiff<Flex>;
 
 /// bf16 keeps 8 significant bits: outputs within a few percent of the tensor's largest value.
 const BF16_REL: f32 = 5e-2;
-
-fn eos() -> i64 {
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
-    )
-    .unwrap();
-    config["eos_token_id"].as_i64().unwrap()
-}
 
 fn load<Bk: Backend>(dtype: DType) -> PadtModel<Bk> {
     let (mut model, _) = PadtModel::<Bk>::from_pretrained(
@@ -38,31 +30,6 @@ fn load<Bk: Backend>(dtype: DType) -> PadtModel<Bk> {
     .expect("padt-tiny loads");
     model.qwen.compute_dtype = dtype;
     model
-}
-
-fn input<Bk: Backend>(warmup: bool) -> PadtTrainInput<Bk> {
-    let b = "batch.safetensors";
-    let rows =
-        |g: Golden| -> Vec<Vec<i64>> { g.i64.chunks(g.shape[1]).map(<[i64]>::to_vec).collect() };
-    let pixels = read(b, "pixel_values");
-    PadtTrainInput {
-        input_ids: rows(read(b, "input_ids")),
-        attention_mask: rows(read(b, "attention_mask"))
-            .into_iter()
-            .map(|r| r.into_iter().map(|m| m != 0).collect())
-            .collect(),
-        prompt_len: read(b, "prompt_length").i64[0] as usize,
-        pixel_values: Tensor::from_data(
-            TensorData::new(pixels.f32, pixels.shape),
-            &Default::default(),
-        ),
-        image_grid_thw: read(b, "image_grid_thw")
-            .i64
-            .chunks(3)
-            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-            .collect(),
-        warmup,
-    }
 }
 
 fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
@@ -96,10 +63,10 @@ fn assert_close(name: &str, a: &[f32], b: &[f32], rel: f32) {
 
 fn compare(warmup: bool) {
     let full: PadtTrainOutput<Flex> = load::<Flex>(DType::F32)
-        .forward_train(&input(warmup), eos())
+        .forward_train(&padt_train_input(warmup), eos())
         .unwrap();
     let half: PadtTrainOutput<Flex> = load::<Flex>(DType::BF16)
-        .forward_train(&input(warmup), eos())
+        .forward_train(&padt_train_input(warmup), eos())
         .unwrap();
     assert_eq!(half.logits.dtype(), DType::F32, "logits stay f32");
     assert_eq!(
@@ -146,7 +113,9 @@ fn bf16_forward_is_finite_and_close_to_f32_warmup_on() {
 #[test]
 fn bf16_backward_gives_finite_gradients_everywhere() {
     let model = load::<AD>(DType::BF16);
-    let out = model.forward_train(&input(false), eos()).unwrap();
+    let out = model
+        .forward_train(&padt_train_input(false), eos())
+        .unwrap();
     let logits = out.logits;
     let finite = logits.clone().is_finite();
     let loss = logits.mask_fill(finite.bool_not(), 0.0).sum()

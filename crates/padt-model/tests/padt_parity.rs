@@ -6,20 +6,11 @@
 mod common;
 
 use common::*;
-use padt_model::padt::{vrt_runs, PadtModel, PadtTrainInput, PadtTrainOutput};
+use padt_model::padt::{vrt_runs, PadtModel, PadtTrainOutput};
 use padt_model::weights::LoadOptions;
 
 const REL: f32 = 1e-5;
 const LOGITS_ABS: f32 = 1e-4;
-
-/// `eos_token_id` of the checkpoint's `config.json` (`<|im_end|>`).
-fn eos() -> i64 {
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
-    )
-    .unwrap();
-    config["eos_token_id"].as_i64().unwrap()
-}
 
 fn load() -> PadtModel<B> {
     let (model, report) = PadtModel::<B>::from_pretrained(
@@ -32,31 +23,10 @@ fn load() -> PadtModel<B> {
     model
 }
 
-fn rows(g: &Golden) -> Vec<Vec<i64>> {
-    g.i64.chunks(g.shape[1]).map(<[i64]>::to_vec).collect()
-}
-
-fn train_input(warmup: bool) -> PadtTrainInput<B> {
-    let b = "batch.safetensors";
-    PadtTrainInput {
-        input_ids: rows(&read(b, "input_ids")),
-        attention_mask: rows(&read(b, "attention_mask"))
-            .into_iter()
-            .map(|r| r.into_iter().map(|m| m != 0).collect())
-            .collect(),
-        prompt_len: read(b, "prompt_length").i64[0] as usize,
-        pixel_values: tensor::<2>(&read(b, "pixel_values")),
-        image_grid_thw: read(b, "image_grid_thw")
-            .i64
-            .chunks(3)
-            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
-            .collect(),
-        warmup,
-    }
-}
-
 fn run(warmup: bool) -> PadtTrainOutput<B> {
-    load().forward_train(&train_input(warmup), eos()).unwrap()
+    load()
+        .forward_train(&padt_train_input(warmup), eos())
+        .unwrap()
 }
 
 fn check(name: &str, got: Vec<f32>, key: &str) {
@@ -145,7 +115,7 @@ fn vrt_runs_split_objects_and_stop_at_eos() {
 #[test]
 fn batch_without_objects_runs_the_dummy_decoder() {
     let model = load();
-    let mut input = train_input(false);
+    let mut input = padt_train_input(false);
     let v = model.vocab_size() as i64;
     // Replace every VRT of the completions by a plain text token.
     for row in &mut input.input_ids {
@@ -163,7 +133,7 @@ fn batch_without_objects_runs_the_dummy_decoder() {
 #[test]
 fn ids_outside_the_extended_vocabulary_are_clear_errors() {
     let model = load();
-    let mut input = train_input(false);
+    let mut input = padt_train_input(false);
     let merged: usize = input
         .image_grid_thw
         .iter()
@@ -174,7 +144,7 @@ fn ids_outside_the_extended_vocabulary_are_clear_errors() {
     input.input_ids[0][last] = width;
     let err = model.forward_train(&input, eos()).unwrap_err().to_string();
     assert!(err.contains(&format!("id {width} ")), "{err}");
-    let mut input = train_input(false);
+    let mut input = padt_train_input(false);
     input.image_grid_thw.pop();
     let err = model.forward_train(&input, eos()).unwrap_err().to_string();
     assert!(err.contains("one image per sample"), "{err}");

@@ -128,3 +128,40 @@ pub fn assert_close_rows(
 pub fn assert_close(name: &str, got: &[f32], want: &[f32], rel: f32) {
     assert_close_rows(name, got, want, 1, |_| true, rel);
 }
+
+/// `eos_token_id` of the padt-tiny checkpoint's `config.json` (`<|im_end|>`).
+pub fn eos() -> i64 {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(golden_dir().join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["eos_token_id"].as_i64().unwrap()
+}
+
+/// The padt-tiny golden batch as a PaDT training input on any backend.
+pub fn padt_train_input<Bk: burn::tensor::backend::Backend>(
+    warmup: bool,
+) -> padt_model::padt::PadtTrainInput<Bk> {
+    let b = "batch.safetensors";
+    let rows =
+        |g: Golden| -> Vec<Vec<i64>> { g.i64.chunks(g.shape[1]).map(<[i64]>::to_vec).collect() };
+    let pixels = read(b, "pixel_values");
+    padt_model::padt::PadtTrainInput {
+        input_ids: rows(read(b, "input_ids")),
+        attention_mask: rows(read(b, "attention_mask"))
+            .into_iter()
+            .map(|r| r.into_iter().map(|m| m != 0).collect())
+            .collect(),
+        prompt_len: read(b, "prompt_length").i64[0] as usize,
+        pixel_values: Tensor::from_data(
+            burn::tensor::TensorData::new(pixels.f32, pixels.shape),
+            &Default::default(),
+        ),
+        image_grid_thw: read(b, "image_grid_thw")
+            .i64
+            .chunks(3)
+            .map(|g| [g[0] as usize, g[1] as usize, g[2] as usize])
+            .collect(),
+        warmup,
+    }
+}
