@@ -574,14 +574,15 @@ impl Default for LoggingConfig {
     }
 }
 
-/// Evaluation of the final model (padt-eval's referring protocol: greedy generation, the
-/// prediction labelled with the sentence, docs/evaluation.md), run when training completes.
+/// Evaluation of the final model (`padt-eval run`'s protocol for the task, docs/evaluation.md),
+/// run when training completes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluationConfig {
-    /// Shard folder of referring records evaluated after the last step (null: no evaluation).
+    /// Shard folder evaluated after the last step (null: no evaluation).
     pub shards: Option<PathBuf>,
-    /// `rec` (box Acc@0.5, written as `rec_acc@0.5`) or `res` (mask IoU).
+    /// `rec` (box Acc@0.5, written as `rec_acc@0.5`), `res` (mask IoU), `ovd` (COCO AP/AR over
+    /// category names) or `ric` (caption metrics); the shards must hold records of that task.
     pub task: EvaluationTask,
     /// Prompts generated together (left-padded).
     pub batch_size: usize,
@@ -599,6 +600,10 @@ pub enum EvaluationTask {
     Rec,
     /// Referring expression segmentation: mask IoU.
     Res,
+    /// Open-vocabulary detection: COCO AP/AR.
+    Ovd,
+    /// Referring image captioning: BLEU, ROUGE-L, CIDEr-D.
+    Ric,
 }
 
 impl Default for EvaluationConfig {

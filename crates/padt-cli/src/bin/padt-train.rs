@@ -341,6 +341,8 @@ fn evaluate_final<B: burn::tensor::backend::Backend>(
     let task = match e.task {
         EvaluationTask::Rec => EvalTask::Rec,
         EvaluationTask::Res => EvalTask::Res,
+        EvaluationTask::Ovd => EvalTask::Ovd,
+        EvaluationTask::Ric => EvalTask::Ric,
     };
     eprintln!("evaluating the final model on {}", shards.display());
     let report = evaluate(

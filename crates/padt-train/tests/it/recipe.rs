@@ -174,6 +174,26 @@ fn overrides_apply_to_nested_keys_lists_and_values() {
 }
 
 #[test]
+fn evaluation_task_takes_every_padt_eval_task() {
+    use padt_train::recipe::EvaluationTask;
+    let base = TrainConfig::load(&repo_root().join("configs/padt_pro_3b.yaml"), &[]).unwrap();
+    for (name, task) in [
+        ("rec", EvaluationTask::Rec),
+        ("res", EvaluationTask::Res),
+        ("ovd", EvaluationTask::Ovd),
+        ("ric", EvaluationTask::Ric),
+    ] {
+        let c = base
+            .with_overrides(&[format!("evaluation.task={name}")])
+            .unwrap();
+        assert_eq!(c.evaluation.task, task);
+    }
+    assert!(base
+        .with_overrides(&["evaluation.task=caption".to_string()])
+        .is_err());
+}
+
+#[test]
 fn unknown_override_keys_name_the_nearest_valid_key() {
     let base = TrainConfig::default();
     for (arg, expect) in [
