@@ -4,12 +4,7 @@
 set -u
 OUT=${OUT:-/tmp/padt-gpu-out}
 mkdir -p "$OUT/logs"
-for lib in libnvrtc.so libnccl.so.2; do
-  found=$(find /usr/local /usr/lib /usr/lib64 /opt \( -name "$lib" -o -name "$lib.*" \) 2>/dev/null | head -1)
-  [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
-python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/bin/padt-train.xz'), open('/tmp/padt-train', 'wb'))" \
-  && chmod +x /tmp/padt-train
+source bench/gpu/env.sh
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -lms 200 > "$OUT/logs/nvidia-smi.csv" 2>&1 &
 timeout --signal=INT --kill-after=5 ${LIMIT:-120} /tmp/padt-train --config bench/gpu/padt_rec_3b_bench.yaml \
   --random-init --set training.max_steps=6 --output-dir "$OUT/bf16" > "$OUT/logs/bf16.log" 2>&1

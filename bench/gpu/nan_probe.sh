@@ -4,12 +4,7 @@
 set -u
 OUT=${OUT:-/tmp/padt-gpu-out}
 mkdir -p "$OUT/logs"
-for lib in libnvrtc.so libnccl.so.2; do
-  found=$(find /usr/local /usr/lib /usr/lib64 /opt \( -name "$lib" -o -name "$lib.*" \) 2>/dev/null | head -1)
-  [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
-python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/bin/padt-train.xz'), open('/tmp/padt-train', 'wb'))" \
-  && chmod +x /tmp/padt-train
+source bench/gpu/env.sh
 run() {  # run NAME SECONDS --set ...
   local name=$1 limit=$2; shift 2
   timeout --signal=INT --kill-after=10 "$limit" /tmp/padt-train --config bench/gpu/padt_rec_3b_bench.yaml \

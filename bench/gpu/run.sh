@@ -12,24 +12,13 @@
 set -u
 OUT=${OUT:-/tmp/padt-gpu-out}
 mkdir -p "$OUT/logs"
-BIN=.gpu/bin
 LOG="$OUT/logs"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
 
-# cubecl-cuda dlopens libcuda, libnvrtc (and libnccl for DDP): put nvrtc and nccl on the path.
-# (not libcuda: the toolkit's compat/libcuda.so.1 does not match the installed driver; the
-# system's libcuda is on the default path)
-for lib in libnvrtc.so libnccl.so.2; do
-  found=$(find /usr/local /usr/lib /usr/lib64 /opt \( -name "$lib" -o -name "$lib.*" \) 2>/dev/null | head -1)
-  say "lib $lib: ${found:-not found}"
-  [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source bench/gpu/env.sh >> "$SUMMARY"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee -a "$SUMMARY"
-# (python's lzma: xz itself may not be installed there)
-python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('$BIN/padt-train.xz'), open('/tmp/padt-train', 'wb'))" \
-  && chmod +x /tmp/padt-train
 BIN=/tmp
 # The demo recipe without keys newer than the binary (DEMO_CONFIG_DROP, a regex of key lines).
 grep -Ev "${DEMO_CONFIG_DROP:-^\s*peak_tflops:}" configs/demo_cpu.yaml > configs/demo_gpu_run.yaml
