@@ -3,22 +3,15 @@
 //! reference's line format, the metrics agree with them, perfect predictions score 1, and shards
 //! of another task are refused by name. (padt-tiny is random: its numbers say nothing.)
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use padt_data::manifest::{ImageMode, SourceInfo};
 use padt_data::record::{ImageData, Record, RecordObject, SourceItem, Task};
-use padt_data::shard::{write_dataset, WriteOptions};
 use serde_json::Value;
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("PADT_TINY_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/padt-tiny")
-        })
-}
+#[path = "../../../tests/support/golden_batch.rs"]
+mod golden_batch;
+use golden_batch::{golden_dir, write_test_shards};
 
 const OVD_PROMPT: &str = "Please carefully check the image and detect the following objects: \
                           [\"cat\", \"eye\", \"cup\"].";
@@ -126,19 +119,7 @@ fn ric_items() -> Vec<SourceItem> {
 }
 
 fn write_shards(dir: &Path, items: &[SourceItem]) {
-    let opts = WriteOptions {
-        shard_size: 2,
-        image_mode: ImageMode::Embedded,
-        source: SourceInfo {
-            kind: "padt-jsonl".into(),
-            options: BTreeMap::new(),
-        },
-        split: "val".into(),
-        tool: "eval-ovd-ric-test".into(),
-        tool_version: "0".into(),
-        check_image_headers: true,
-    };
-    write_dataset(dir, items, &BTreeMap::new(), &opts, &|_| {}).unwrap();
+    write_test_shards(dir, items, 2, "val");
 }
 
 fn padt_eval(args: &[&str], paths: &[(&str, &Path)]) -> Output {

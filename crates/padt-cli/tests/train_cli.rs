@@ -1,22 +1,15 @@
 //! `padt-train` end to end on the padt-tiny checkpoint (CPU): outputs, `--stop-after-steps` and
 //! `--resume`, `--random-init`, and the errors users see for bad invocations.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use padt_data::manifest::{ImageMode, SourceInfo};
-use padt_data::record::{ImageData, Record, RecordObject, RleJson, SourceItem, Task};
-use padt_data::shard::{write_dataset, WriteOptions};
+use padt_data::record::SourceItem;
 use serde_json::Value;
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("PADT_TINY_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/padt-tiny")
-        })
-}
+#[path = "../../../tests/support/golden_batch.rs"]
+mod golden_batch;
+use golden_batch::{batch_json, golden_dir, golden_item, golden_record, write_test_shards};
 
 fn recipe_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny_test.yaml")
@@ -29,66 +22,16 @@ fn write_shards(dir: &Path) {
 
 /// The golden batch's records `i` with `keep(i)` as an embedded shard directory.
 fn write_shards_where(dir: &Path, keep: impl Fn(usize) -> bool) {
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("batch.json")).unwrap())
-            .unwrap();
+    let json = batch_json();
     let items: Vec<SourceItem> = json["samples"]
         .as_array()
         .unwrap()
         .iter()
         .enumerate()
         .filter(|(i, _)| keep(*i))
-        .map(|(i, s)| SourceItem {
-            record: Record {
-                id: i as i64,
-                image: s["image"].as_str().unwrap().to_string(),
-                prompt: s["problem"].as_str().unwrap().to_string(),
-                answer_template: s["answer_template"].as_str().unwrap().to_string(),
-                objects: s["objects"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|o| RecordObject {
-                        patches: o["patches"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|p| p.as_u64().unwrap() as u32)
-                            .collect(),
-                        bbox: std::array::from_fn(|k| o["bbox"][k].as_f64().unwrap()),
-                        iscrowd: o["iscrowd"].as_i64().unwrap(),
-                        area: o["area"].as_f64().unwrap(),
-                        area_is_int: false,
-                        rle: Some(RleJson {
-                            size: [
-                                o["rle"]["size"][0].as_u64().unwrap() as u32,
-                                o["rle"]["size"][1].as_u64().unwrap() as u32,
-                            ],
-                            counts: o["rle"]["counts"].as_str().unwrap().to_string(),
-                        }),
-                        label: o["label"].as_str().unwrap().to_string(),
-                    })
-                    .collect(),
-                task: if i == 0 { Task::Ovd } else { Task::Refering },
-            },
-            image: ImageData::File(golden_dir().join(s["image"].as_str().unwrap())),
-            width: s["size_wh"][0].as_u64().unwrap() as u32,
-            height: s["size_wh"][1].as_u64().unwrap() as u32,
-        })
+        .map(|(i, s)| golden_item(s, golden_record(i, s)))
         .collect();
-    let opts = WriteOptions {
-        shard_size: 2,
-        image_mode: ImageMode::Embedded,
-        source: SourceInfo {
-            kind: "padt-jsonl".into(),
-            options: BTreeMap::new(),
-        },
-        split: "train".into(),
-        tool: "train-cli-test".into(),
-        tool_version: "0".into(),
-        check_image_headers: true,
-    };
-    write_dataset(dir, &items, &BTreeMap::new(), &opts, &|_| {}).unwrap();
+    write_test_shards(dir, &items, 2, "train");
 }
 
 fn padt_train(args: &[String]) -> Output {

@@ -6,35 +6,17 @@
 
 use padt_data::batch::{collate, encode_sample, write_encoded_sample, Batch, SampleEncoder};
 use padt_data::image::{ImageProcessor, ImageProcessorConfig};
-use padt_data::record::{Record, RecordObject, RleJson, Task};
+use padt_data::record::Record;
 use padt_data::targets::{ObjectPick, PatchSelection};
 use padt_data::tokenizer::PadtTokenizer;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("PADT_TINY_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/padt-tiny")
-        })
-}
-
-fn batch_json() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(golden_dir().join("batch.json")).unwrap())
-        .unwrap()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+#[path = "../../../tests/support/golden_batch.rs"]
+mod golden_batch;
+use golden_batch::{batch_json, golden_dir, golden_record, u32s};
 
 fn records(json: &Value) -> Vec<(Record, Vec<ObjectPick>)> {
     json["samples"]
@@ -43,34 +25,10 @@ fn records(json: &Value) -> Vec<(Record, Vec<ObjectPick>)> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let objs = s["objects"].as_array().unwrap();
-            let record = Record {
-                id: i as i64,
-                image: s["image"].as_str().unwrap().to_string(),
-                prompt: s["problem"].as_str().unwrap().to_string(),
-                answer_template: s["answer_template"].as_str().unwrap().to_string(),
-                objects: objs
-                    .iter()
-                    .map(|o| RecordObject {
-                        patches: u32s(&o["patches"]),
-                        bbox: std::array::from_fn(|k| o["bbox"][k].as_f64().unwrap()),
-                        iscrowd: o["iscrowd"].as_i64().unwrap(),
-                        area: o["area"].as_f64().unwrap(),
-                        area_is_int: false,
-                        rle: Some(RleJson {
-                            size: [
-                                o["rle"]["size"][0].as_u64().unwrap() as u32,
-                                o["rle"]["size"][1].as_u64().unwrap() as u32,
-                            ],
-                            counts: o["rle"]["counts"].as_str().unwrap().to_string(),
-                        }),
-                        label: o["label"].as_str().unwrap().to_string(),
-                    })
-                    .collect(),
-                task: Task::Ovd,
-            };
             // Each sample's template names its objects once, in order.
-            let picks = objs
+            let picks = s["objects"]
+                .as_array()
+                .unwrap()
                 .iter()
                 .enumerate()
                 .map(|(k, o)| ObjectPick {
@@ -78,7 +36,7 @@ fn records(json: &Value) -> Vec<(Record, Vec<ObjectPick>)> {
                     picks: u32s(&o["picked"]),
                 })
                 .collect();
-            (record, picks)
+            (golden_record(i, s), picks)
         })
         .collect()
 }

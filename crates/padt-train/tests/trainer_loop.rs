@@ -5,7 +5,6 @@
 //! two data-parallel CPU ranks equal gradient accumulation, the gradient-checkpointing backend
 //! gives the same losses, and the metrics carry peak memory, model FLOPs and MFU.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,9 +12,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use padt_data::manifest::{ImageMode, SourceInfo};
-use padt_data::record::{ImageData, Record, RecordObject, RleJson, SourceItem, Task};
-use padt_data::shard::{write_dataset, WriteOptions};
+use padt_data::record::SourceItem;
 use padt_model::padt::PadtModel;
 use padt_train::checkpoint::{load_model_params, read_trainer_state, CheckpointManager};
 use padt_train::distributed::{run_local_workers, LocalGroup};
@@ -29,15 +26,11 @@ use padt_train::trainer::{
 };
 use serde_json::Value;
 
-type A = Autodiff<Flex>;
+#[path = "../../../tests/support/golden_batch.rs"]
+mod golden_batch;
+use golden_batch::{batch_json, golden_dir, golden_item, golden_record, write_test_shards};
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("PADT_TINY_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/padt-tiny")
-        })
-}
+type A = Autodiff<Flex>;
 
 fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -47,80 +40,27 @@ fn repo_dir() -> PathBuf {
 /// `single_object`: sample 0 keeps only its first object, so every sample has one object and
 /// the box/mask normalisers (`/ #objects`) of a batch of 2 equal those of two batches of 1.
 fn golden_items(single_object: bool) -> Vec<SourceItem> {
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("batch.json")).unwrap())
-            .unwrap();
-    json["samples"]
+    batch_json()["samples"]
         .as_array()
         .unwrap()
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut objects: Vec<RecordObject> = s["objects"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| RecordObject {
-                    patches: o["patches"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|p| p.as_u64().unwrap() as u32)
-                        .collect(),
-                    bbox: std::array::from_fn(|k| o["bbox"][k].as_f64().unwrap()),
-                    iscrowd: o["iscrowd"].as_i64().unwrap(),
-                    area: o["area"].as_f64().unwrap(),
-                    area_is_int: false,
-                    rle: Some(RleJson {
-                        size: [
-                            o["rle"]["size"][0].as_u64().unwrap() as u32,
-                            o["rle"]["size"][1].as_u64().unwrap() as u32,
-                        ],
-                        counts: o["rle"]["counts"].as_str().unwrap().to_string(),
-                    }),
-                    label: o["label"].as_str().unwrap().to_string(),
-                })
-                .collect();
-            let mut template = s["answer_template"].as_str().unwrap().to_string();
-            if single_object && objects.len() > 1 {
-                objects.truncate(1);
-                template = format!(
+            let mut record = golden_record(i, s);
+            if single_object && record.objects.len() > 1 {
+                record.objects.truncate(1);
+                record.answer_template = format!(
                     "In this image, there are 1 \"{}\" (<|Obj_0|>).",
-                    objects[0].label
+                    record.objects[0].label
                 );
             }
-            let image = s["image"].as_str().unwrap();
-            SourceItem {
-                record: Record {
-                    id: i as i64,
-                    image: image.to_string(),
-                    prompt: s["problem"].as_str().unwrap().to_string(),
-                    answer_template: template,
-                    objects,
-                    task: if i == 0 { Task::Ovd } else { Task::Refering },
-                },
-                image: ImageData::File(golden_dir().join(image)),
-                width: s["size_wh"][0].as_u64().unwrap() as u32,
-                height: s["size_wh"][1].as_u64().unwrap() as u32,
-            }
+            golden_item(s, record)
         })
         .collect()
 }
 
 fn write_shards(dir: &Path, items: &[SourceItem]) {
-    let opts = WriteOptions {
-        shard_size: 1,
-        image_mode: ImageMode::Embedded,
-        source: SourceInfo {
-            kind: "padt-jsonl".into(),
-            options: BTreeMap::new(),
-        },
-        split: "train".into(),
-        tool: "trainer-test".into(),
-        tool_version: "0".into(),
-        check_image_headers: true,
-    };
-    write_dataset(dir, items, &BTreeMap::new(), &opts, &|_| {}).unwrap();
+    write_test_shards(dir, items, 1, "train");
 }
 
 /// The tiny test recipe on the padt-tiny checkpoint, writing into `out`, with `overrides`.
