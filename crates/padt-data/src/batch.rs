@@ -20,6 +20,7 @@ use crate::image::{
     decode_image, padt_upscale, DecodeOptions, ImageError, ImageProcessor, ImageProcessorConfig,
     ProcessedImage,
 };
+use crate::patches::axis_taps;
 use crate::record::Record;
 use crate::sources::coco::numpy_rng::LegacyRandomState;
 use crate::targets::{
@@ -338,66 +339,31 @@ pub fn process_image(
     Ok((processor.preprocess(&decoded.rgb)?, patch_w))
 }
 
-/// One output coordinate of OpenCV's bilinear resize: source indices and weights.
-struct LinearTap {
-    i0: usize,
-    i1: usize,
-    a0: f32,
-    a1: f32,
-}
-
-/// OpenCV's float `INTER_LINEAR` coefficients along one axis: `f = (float)((d+0.5)·scale − 0.5)`
-/// with `scale = 1/(dst/src)`; with `clamp` (x) the border taps get the fraction zeroed, without
-/// (y) only the indices are clipped.
-fn cv2_linear_taps(src_len: usize, dst_len: usize, clamp: bool) -> Vec<LinearTap> {
-    let scale = 1.0 / (dst_len as f64 / src_len as f64);
-    let last = src_len as i64 - 1;
-    (0..dst_len)
-        .map(|d| {
-            let mut f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-            let mut s = f.floor() as i64;
-            f -= s as f32;
-            if clamp {
-                if s < 0 {
-                    f = 0.0;
-                    s = 0;
-                }
-                if s >= last {
-                    f = 0.0;
-                    s = last;
-                }
-            }
-            LinearTap {
-                i0: s.clamp(0, last) as usize,
-                i1: (s + 1).clamp(0, last) as usize,
-                a0: 1.0 - f,
-                a1: f,
-            }
-        })
-        .collect()
-}
-
 /// `cv::resize(src_f32, (dw, dh), INTER_LINEAR)` with OpenCV's own float path
-/// ([`cv2_linear_taps`]): `h = S[x0]·a0 + S[x1]·a1` per row, then `out = h0·b0 + h1·b1`, all
+/// ([`axis_taps`]'s float coefficients): `h = S[x0]·a0 + S[x1]·a1` per row, then `out = h0·b0 + h1·b1`, all
 /// in f32. The plain form [`mask_target`] is checked against.
 ///
 /// # Shapes
 /// - `src`: `[h, w]` row-major → `[dh, dw]`
 #[cfg(test)]
 fn cv2_resize_linear_f32(src: &[f32], h: usize, w: usize, dh: usize, dw: usize) -> Vec<f32> {
-    let xt = cv2_linear_taps(w, dw, true);
-    let yt = cv2_linear_taps(h, dh, false);
+    let xt = axis_taps(w, dw, true);
+    let yt = axis_taps(h, dh, false);
     let hrow = |y: usize| -> Vec<f32> {
         let row = &src[y * w..(y + 1) * w];
         xt.iter()
-            .map(|t| row[t.i0] * t.a0 + row[t.i1] * t.a1)
+            .map(|t| row[t.i0] * t.float.0 + row[t.i1] * t.float.1)
             .collect()
     };
     let hrows: Vec<Vec<f32>> = (0..h).map(hrow).collect();
     let mut out = Vec::with_capacity(dh * dw);
     for t in &yt {
         let (h0, h1) = (&hrows[t.i0], &hrows[t.i1]);
-        out.extend(h0.iter().zip(h1).map(|(a, b)| a * t.a0 + b * t.a1));
+        out.extend(
+            h0.iter()
+                .zip(h1)
+                .map(|(a, b)| a * t.float.0 + b * t.float.1),
+        );
     }
     out
 }
@@ -420,14 +386,14 @@ pub fn mask_target(rle: &Rle, dh: usize, dw: usize) -> Vec<u8> {
     }
     // `cols[x * h + y]`, 0/1.
     let cols = rle.decode_col_major();
-    let xt = cv2_linear_taps(w, dw, true);
-    let yt = cv2_linear_taps(h, dh, false);
+    let xt = axis_taps(w, dw, true);
+    let yt = axis_taps(h, dh, false);
     for (xo, tx) in xt.iter().enumerate() {
         let c0 = &cols[tx.i0 * h..(tx.i0 + 1) * h];
         let c1 = &cols[tx.i1 * h..(tx.i1 + 1) * h];
-        let hval = |y: usize| f32::from(c0[y]) * tx.a0 + f32::from(c1[y]) * tx.a1;
+        let hval = |y: usize| f32::from(c0[y]) * tx.float.0 + f32::from(c1[y]) * tx.float.1;
         for (yo, ty) in yt.iter().enumerate() {
-            let v = hval(ty.i0) * ty.a0 + hval(ty.i1) * ty.a1;
+            let v = hval(ty.i0) * ty.float.0 + hval(ty.i1) * ty.float.1;
             out[yo * dw + xo] = u8::from(v > 0.5);
         }
     }

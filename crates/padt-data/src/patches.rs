@@ -100,18 +100,18 @@ pub fn block_means(rle: &Rle, rule: PatchRule) -> Vec<BlockMean> {
 /// Source taps of one output coordinate: sources `i0`, `i1` (already clipped) and the
 /// coefficients for both paths.
 #[derive(Clone, Copy)]
-struct Tap {
-    i0: usize,
-    i1: usize,
+pub(crate) struct Tap {
+    pub(crate) i0: usize,
+    pub(crate) i1: usize,
     /// `saturate_cast<short>(w * 2048)` of `(1 - f, f)`, the CV_8U fixed-point coefficients.
-    fixed: (i32, i32),
+    pub(crate) fixed: (i32, i32),
     /// `(1 - f, f)` in f32, the CV_32F coefficients.
-    float: (f32, f32),
+    pub(crate) float: (f32, f32),
 }
 
 /// `cv::resize` INTER_LINEAR taps for one axis. `clamp_fraction` is true for x: OpenCV zeroes
 /// the fraction where the tap leaves the image; along y only the row indices are clipped.
-fn axis_taps(src: usize, dst: usize, clamp_fraction: bool) -> Vec<Tap> {
+pub(crate) fn axis_taps(src: usize, dst: usize, clamp_fraction: bool) -> Vec<Tap> {
     let scale = 1.0 / (dst as f64 / src as f64);
     let last = src as i64 - 1;
     (0..dst)
