@@ -360,16 +360,7 @@ pub fn evaluate<B: Backend>(
                 ) + "\n");
                 pairs.push((caption, image.references.clone()));
             }
-            let scores = score_captions(&pairs)
-                .with_context(|| format!("{}: RIC evaluation", args.data.display()))?;
-            let mut summary = json!({"task": "ric"});
-            if let (Some(map), serde_json::Value::Object(numbers)) =
-                (summary.as_object_mut(), serde_json::to_value(scores)?)
-            {
-                map.extend(numbers);
-                map.insert("records".into(), records.len().into());
-            }
-            summary
+            ric_summary(&pairs, &args.data, records.len(), None)?
         }
     };
     Ok(EvalReport {
@@ -382,6 +373,29 @@ pub fn evaluate<B: Backend>(
 /// The first `--limit` records of the dataset with their indices, checked against the task:
 /// every record must be of the task's kind (the error names the shard file and the record), a
 /// referring record has exactly one object, RES needs a ground-truth mask.
+/// The RIC metrics JSON: `task`, the caption scores of `(caption, references)` pairs, the
+/// record count and, when scoring a prediction file, the images it had no caption for.
+fn ric_summary(
+    pairs: &[(String, Vec<String>)],
+    data: &Path,
+    records: usize,
+    images_without_prediction: Option<usize>,
+) -> Result<serde_json::Value> {
+    let scores =
+        score_captions(pairs).with_context(|| format!("{}: RIC evaluation", data.display()))?;
+    let mut summary = json!({"task": "ric"});
+    if let (Some(map), serde_json::Value::Object(numbers)) =
+        (summary.as_object_mut(), serde_json::to_value(scores)?)
+    {
+        map.extend(numbers);
+        map.insert("records".into(), records.into());
+        if let Some(missing) = images_without_prediction {
+            map.insert("images_without_prediction".into(), missing.into());
+        }
+    }
+    Ok(summary)
+}
+
 fn read_records(
     dataset: &ShardDataset,
     data: &Path,
@@ -578,17 +592,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
                     (caption, image.references.clone())
                 })
                 .collect();
-            let scores = score_captions(&pairs)
-                .with_context(|| format!("{}: RIC evaluation", args.data.display()))?;
-            let mut summary = json!({"task": "ric"});
-            if let (Some(map), serde_json::Value::Object(numbers)) =
-                (summary.as_object_mut(), serde_json::to_value(scores)?)
-            {
-                map.extend(numbers);
-                map.insert("records".into(), records.len().into());
-                map.insert("images_without_prediction".into(), missing.into());
-            }
-            summary
+            ric_summary(&pairs, &args.data, records.len(), Some(missing))?
         }
     };
     if let Some(path) = &args.metrics {
