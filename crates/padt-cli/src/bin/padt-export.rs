@@ -82,7 +82,21 @@ fn run() -> Result<()> {
         force: args.force,
     };
     let device = Default::default();
-    let summary = export_checkpoint::<B>(&request, &device)?;
+    // A full-size export reads and writes gigabytes: show that it is working (stderr, only on
+    // a terminal).
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "exporting {} to {}",
+        args.checkpoint.display(),
+        args.out.display()
+    ));
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .expect("a valid template"),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let summary = export_checkpoint::<B>(&request, &device);
+    spinner.finish_and_clear();
+    let summary = summary?;
     let shards = summary
         .weights
         .files
