@@ -116,7 +116,7 @@ impl PadtDecoderConfig {
     /// Builds the decoder with the reference's initialisation (N(0, 0.02) linears and
     /// embeddings, zero biases, unit RMSNorm weights), lazily.
     pub fn init<B: Backend>(&self, device: &B::Device) -> PadtDecoder<B> {
-        PadtDecoder::new(self, device)
+        PadtDecoder::new(self, crate::layers::INIT_STD, device)
     }
 }
 
@@ -182,11 +182,11 @@ pub struct Mlp3<B: Backend> {
 }
 
 impl<B: Backend> Mlp3<B> {
-    fn new(d: usize, d_out: usize, device: &B::Device) -> Self {
+    fn new(d: usize, d_out: usize, init_std: f64, device: &B::Device) -> Self {
         Self {
-            fc1: Linear::new(d, d, true, device),
-            fc2: Linear::new(d, d, true, device),
-            fc3: Linear::new(d, d_out, true, device),
+            fc1: Linear::new(d, d, true, init_std, device),
+            fc2: Linear::new(d, d, true, init_std, device),
+            fc3: Linear::new(d, d_out, true, init_std, device),
         }
     }
 
@@ -236,12 +236,12 @@ pub struct DecoderAttention<B: Backend> {
 }
 
 impl<B: Backend> DecoderAttention<B> {
-    fn new(d: usize, num_heads: usize, device: &B::Device) -> Self {
+    fn new(d: usize, num_heads: usize, init_std: f64, device: &B::Device) -> Self {
         Self {
-            q_proj: Linear::new(d, d, true, device),
-            k_proj: Linear::new(d, d, true, device),
-            v_proj: Linear::new(d, d, true, device),
-            proj: Linear::new(d, d, true, device),
+            q_proj: Linear::new(d, d, true, init_std, device),
+            k_proj: Linear::new(d, d, true, init_std, device),
+            v_proj: Linear::new(d, d, true, init_std, device),
+            proj: Linear::new(d, d, true, init_std, device),
             num_heads,
         }
     }
@@ -325,10 +325,10 @@ pub struct DecoderBlock<B: Backend> {
 }
 
 impl<B: Backend> DecoderBlock<B> {
-    fn new(config: &PadtDecoderConfig, device: &B::Device) -> Self {
+    fn new(config: &PadtDecoderConfig, init_std: f64, device: &B::Device) -> Self {
         let d = config.hidden_size;
         let norm = || RmsNorm::new(d, NORM_EPS, device);
-        let attn = || DecoderAttention::new(d, config.num_heads, device);
+        let attn = || DecoderAttention::new(d, config.num_heads, init_std, device);
         Self {
             norm1: norm(),
             norm2: norm(),
@@ -340,8 +340,8 @@ impl<B: Backend> DecoderBlock<B> {
             cross_attn_query_to_image: attn(),
             cross_attn_image_to_query: attn(),
             mlp: Mlp2 {
-                fc1: Linear::new(d, config.intermediate_size, true, device),
-                fc2: Linear::new(config.intermediate_size, d, true, device),
+                fc1: Linear::new(d, config.intermediate_size, true, init_std, device),
+                fc2: Linear::new(config.intermediate_size, d, true, init_std, device),
             },
         }
     }
@@ -445,33 +445,35 @@ pub struct DecoderOutput<B: Backend> {
 }
 
 impl<B: Backend> PadtDecoder<B> {
-    /// A lazily initialised decoder.
-    pub fn new(config: &PadtDecoderConfig, device: &B::Device) -> Self {
+    /// A lazily initialised decoder: linears and embeddings N(0, `init_std`) (the model's
+    /// `initializer_range`), zero biases, unit norms.
+    pub fn new(config: &PadtDecoderConfig, init_std: f64, device: &B::Device) -> Self {
         let d = config.hidden_size;
-        let block = || DecoderBlock::new(config, device);
+        let std = init_std;
+        let block = || DecoderBlock::new(config, std, device);
         let mask = config.use_mask_loss;
         Self {
-            vp_embedding: Embedding::new(1, d, device),
-            bbox_score_mask_tokens: Embedding::new(NUM_SPECIAL_TOKENS, d, device),
+            vp_embedding: Embedding::new(1, d, std, device),
+            bbox_score_mask_tokens: Embedding::new(NUM_SPECIAL_TOKENS, d, std, device),
             input_projection: InputProjection {
                 norm: RmsNorm::new(config.llm_hidden_state, NORM_EPS, device),
-                fc1: Linear::new(config.llm_hidden_state, d, true, device),
-                fc2: Linear::new(d, d, true, device),
+                fc1: Linear::new(config.llm_hidden_state, d, true, std, device),
+                fc2: Linear::new(d, d, true, std, device),
             },
             low_res_transformer: block(),
             high_res_transformer1: block(),
             high_res_transformer2: block(),
             high_res_norm: RmsNorm::new(d, NORM_EPS, device),
-            bbox_prediction: Mlp3::new(d, 4, device),
-            score_prediction: Linear::new(d, 1, true, device),
+            bbox_prediction: Mlp3::new(d, 4, std, device),
+            score_prediction: Linear::new(d, 1, true, std, device),
             mask_output_upscaling1: mask.then(|| Upscaling1 {
-                fc: Linear::new(d, d / 4 * 4, true, device),
+                fc: Linear::new(d, d / 4 * 4, true, std, device),
                 norm: RmsNorm::new(d / 4 * 4, NORM_EPS, device),
             }),
             mask_output_upscaling2: mask.then(|| Upscaling2 {
-                fc: Linear::new(d / 4, d / 16 * 4, true, device),
+                fc: Linear::new(d / 4, d / 16 * 4, true, std, device),
             }),
-            mask_output_mlp: mask.then(|| Mlp3::new(d, d / 16, device)),
+            mask_output_mlp: mask.then(|| Mlp3::new(d, d / 16, std, device)),
             spatial_merge_size: config.spatial_merge_size,
             raster_high_res: config.high_res_order == HighResOrder::Raster,
         }

@@ -5,7 +5,8 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{backend::Backend, DType, Int, Tensor};
 
-/// Standard deviation of the random init (transformers `initializer_range`).
+/// Standard deviation of the random init of the published configs (transformers
+/// `initializer_range`); a config may set another.
 pub const INIT_STD: f64 = 0.02;
 
 /// `y = x Wᵀ + b` with `weight` stored as in PyTorch, `[out_features, in_features]`.
@@ -18,11 +19,11 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// A lazily initialised layer (normal(0, 0.02) weight, zero bias).
-    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+    /// A lazily initialised layer (normal(0, `init_std`) weight, zero bias).
+    pub fn new(d_in: usize, d_out: usize, bias: bool, init_std: f64, device: &B::Device) -> Self {
         let weight = Initializer::Normal {
             mean: 0.0,
-            std: INIT_STD,
+            std: init_std,
         }
         .init([d_out, d_in], device);
         let bias = bias.then(|| Initializer::Zeros.init([d_out], device));
@@ -81,12 +82,12 @@ pub struct Embedding<B: Backend> {
 }
 
 impl<B: Backend> Embedding<B> {
-    /// A lazily initialised table (normal(0, 0.02)).
-    pub fn new(num_embeddings: usize, dim: usize, device: &B::Device) -> Self {
+    /// A lazily initialised table (normal(0, `init_std`)).
+    pub fn new(num_embeddings: usize, dim: usize, init_std: f64, device: &B::Device) -> Self {
         Self {
             weight: Initializer::Normal {
                 mean: 0.0,
-                std: INIT_STD,
+                std: init_std,
             }
             .init([num_embeddings, dim], device),
         }

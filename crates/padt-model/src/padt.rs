@@ -277,14 +277,15 @@ impl<B: Backend> PadtModel<B> {
     /// A lazily initialised PaDT model (the reference's init for the new modules).
     pub fn new(config: &PadtConfig, device: &B::Device) -> Self {
         let d = config.qwen.hidden_size;
+        let std = config.qwen.initializer_range;
         Self {
             qwen: Qwen2_5Vl::new(&config.qwen, device),
             vis_norm: VisNorm::new(d, device),
             vis_proj: VisProj {
-                down: Linear::new(d, VIS_PROJ_RANK, false, device),
-                up: Linear::new(VIS_PROJ_RANK, d, false, device),
+                down: Linear::new(d, VIS_PROJ_RANK, false, std, device),
+                up: Linear::new(VIS_PROJ_RANK, d, false, std, device),
             },
-            vl_decoder: PadtDecoder::new(&config.decoder, device),
+            vl_decoder: PadtDecoder::new(&config.decoder, std, device),
             use_visual_prototype_projection: config.use_visual_prototype_projection,
         }
     }

@@ -189,6 +189,55 @@ fn new_modules_are_initialised_like_the_reference() {
     assert!(to_vec(model.prototypes(merged)).1.iter().all(|&v| v == 0.0));
 }
 
+/// `initializer_range` of config.json (top level: LLM and PaDT modules; `vision_config`: the
+/// ViT) sets the std of the random init, as transformers' `_init_weights` does.
+#[test]
+fn initializer_range_of_the_config_sets_the_init_std() {
+    use padt_model::padt::PadtConfig;
+    let mut config = PadtConfig::from_file(golden_dir().join("checkpoint/config.json")).unwrap();
+    assert_eq!(config.qwen.initializer_range, 0.02);
+    config.qwen.initializer_range = 0.1;
+    config.qwen.vision_config.initializer_range = 0.05;
+    let model = PadtModel::<B>::new(&config, &Default::default());
+    let std = |v: Vec<f32>| {
+        let n = v.len() as f64;
+        (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n).sqrt()
+    };
+    let d = &model.vl_decoder;
+    let llm = &model.qwen.model;
+    let vit = &model.qwen.visual;
+    for (name, w, want) in [
+        ("embed_tokens", to_vec(llm.embed_tokens.weight.val()).1, 0.1),
+        (
+            "layers.0.mlp.up_proj",
+            to_vec(llm.layers[0].mlp.up_proj.weight.val()).1,
+            0.1,
+        ),
+        (
+            "vl_decoder.bbox_prediction.fc1",
+            to_vec(d.bbox_prediction.fc1.weight.val()).1,
+            0.1,
+        ),
+        ("vis_proj.up", to_vec(model.vis_proj.up.weight.val()).1, 0.1),
+        (
+            "visual.blocks.0.attn.qkv",
+            to_vec(vit.blocks[0].attn.qkv.weight.val()).1,
+            0.05,
+        ),
+        (
+            "visual.patch_embed",
+            to_vec(vit.patch_embed.proj.weight.val().flatten::<1>(0, 4)).1,
+            0.05,
+        ),
+    ] {
+        let s = std(w);
+        assert!(
+            (s / want - 1.0).abs() < 0.15,
+            "{name}: std {s}, want {want}"
+        );
+    }
+}
+
 #[test]
 fn a_decoder_that_does_not_fit_the_vision_tower_is_a_config_error() {
     use padt_model::padt::PadtConfig;

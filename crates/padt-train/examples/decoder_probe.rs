@@ -5,7 +5,7 @@
 //! cells, its 5 VRT features are the prototypes of 5 of its cells, and its target box is the
 //! rectangle. If the decoder can read positions from the prototypes it sees, the box IoU rises.
 //!
-//! `cargo run --release -p padt-train --example decoder_probe -- [steps] [lr] [objects]`
+//! `cargo run --release -p padt-train --example decoder_probe -- [steps] [lr] [objects] [noise|zero] [init_std]`
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -42,6 +42,7 @@ fn main() {
     let lr: f64 = args.get(2).map_or(1e-3, |s| s.parse().unwrap());
     let objects: usize = args.get(3).map_or(16, |s| s.parse().unwrap());
     let noise = args.get(4).is_some_and(|s| s == "noise");
+    let init_std: f64 = args.get(5).map_or(0.02, |s| s.parse().unwrap());
     let device = Default::default();
     let (llm, grid, merged) = (128usize, 8usize, 4usize);
     let config = PadtDecoderConfig {
@@ -51,7 +52,7 @@ fn main() {
         llm_hidden_state: llm,
         ..PadtDecoderConfig::reference(llm)
     };
-    let mut decoder = PadtDecoder::<B>::new(&config, &device);
+    let mut decoder = PadtDecoder::<B>::new(&config, init_std, &device);
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut rng = Rng(7);
     // Fixed prototypes per merged cell (the "position code" a ViT would have to provide).

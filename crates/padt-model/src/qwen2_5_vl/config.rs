@@ -49,6 +49,9 @@ pub struct VisionConfig {
     pub hidden_act: String,
     #[serde(default = "defaults::tokens_per_second")]
     pub tokens_per_second: f64,
+    /// Standard deviation of the tower's random init (0.02 in the published configs).
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
 }
 
 /// `rope_scaling` of the language model (M-RoPE).
@@ -79,6 +82,10 @@ pub struct Qwen2_5VlConfig {
     pub rms_norm_eps: f64,
     #[serde(default = "defaults::rope_theta")]
     pub rope_theta: f64,
+    /// Standard deviation of the random init of the language model's linears and embeddings,
+    /// and of the PaDT modules (transformers' `_init_weights`); 0.02 in the published configs.
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
     pub rope_scaling: RopeScaling,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -134,6 +141,9 @@ mod defaults {
     }
     pub fn silu() -> String {
         "silu".into()
+    }
+    pub fn initializer_range() -> f64 {
+        crate::layers::INIT_STD
     }
     pub fn tokens_per_second() -> f64 {
         4.0

@@ -64,8 +64,15 @@ impl<B: Backend> Qwen2_5Vl<B> {
         Self {
             model: TextModel::new(config, device),
             visual: VisionTransformer::new(&config.vision_config, device),
-            lm_head: (!config.tie_word_embeddings)
-                .then(|| Linear::new(config.hidden_size, config.vocab_size, false, device)),
+            lm_head: (!config.tie_word_embeddings).then(|| {
+                Linear::new(
+                    config.hidden_size,
+                    config.vocab_size,
+                    false,
+                    config.initializer_range,
+                    device,
+                )
+            }),
             config: config.clone(),
             compute_dtype: DType::F32,
         }

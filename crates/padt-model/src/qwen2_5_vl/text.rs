@@ -112,16 +112,17 @@ impl<B: Backend> DecoderLayer<B> {
     fn new(config: &Qwen2_5VlConfig, device: &B::Device) -> Self {
         let d = config.hidden_size;
         let kv = config.num_key_value_heads * config.head_dim();
+        let std = config.initializer_range;
         Self {
             self_attn: TextAttention {
-                q_proj: Linear::new(d, d, true, device),
-                k_proj: Linear::new(d, kv, true, device),
-                v_proj: Linear::new(d, kv, true, device),
-                o_proj: Linear::new(d, d, false, device),
+                q_proj: Linear::new(d, d, true, std, device),
+                k_proj: Linear::new(d, kv, true, std, device),
+                v_proj: Linear::new(d, kv, true, std, device),
+                o_proj: Linear::new(d, d, false, std, device),
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
             },
-            mlp: GatedMlp::new(d, config.intermediate_size, false, device),
+            mlp: GatedMlp::new(d, config.intermediate_size, false, std, device),
             input_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
             post_attention_layernorm: RmsNorm::new(d, config.rms_norm_eps, device),
         }
@@ -175,7 +176,12 @@ impl<B: Backend> TextModel<B> {
     /// A lazily initialised language model.
     pub fn new(config: &Qwen2_5VlConfig, device: &B::Device) -> Self {
         Self {
-            embed_tokens: Embedding::new(config.vocab_size, config.hidden_size, device),
+            embed_tokens: Embedding::new(
+                config.vocab_size,
+                config.hidden_size,
+                config.initializer_range,
+                device,
+            ),
             layers: (0..config.num_hidden_layers)
                 .map(|_| DecoderLayer::new(config, device))
                 .collect(),

@@ -13,7 +13,7 @@ use super::config::VisionConfig;
 use super::rope::{apply_rotary, vision_rotary_tables, window_layout, GridThw, WindowLayout};
 use crate::attention::varlen_attention;
 use crate::error::{ModelError, Result};
-use crate::layers::{Linear, RmsNorm, INIT_STD};
+use crate::layers::{Linear, RmsNorm};
 
 /// RMSNorm epsilon of the vision tower (fixed in transformers).
 const VISION_NORM_EPS: f64 = 1e-6;
@@ -36,7 +36,7 @@ impl<B: Backend> PatchEmbed<B> {
     fn new(config: &VisionConfig, device: &B::Device) -> Self {
         let weight = Initializer::Normal {
             mean: 0.0,
-            std: INIT_STD,
+            std: config.initializer_range,
         }
         .init(
             [
@@ -115,11 +115,17 @@ pub struct GatedMlp<B: Backend> {
 
 impl<B: Backend> GatedMlp<B> {
     /// A lazily initialised MLP.
-    pub fn new(hidden: usize, intermediate: usize, bias: bool, device: &B::Device) -> Self {
+    pub fn new(
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        init_std: f64,
+        device: &B::Device,
+    ) -> Self {
         Self {
-            gate_proj: Linear::new(hidden, intermediate, bias, device),
-            up_proj: Linear::new(hidden, intermediate, bias, device),
-            down_proj: Linear::new(intermediate, hidden, bias, device),
+            gate_proj: Linear::new(hidden, intermediate, bias, init_std, device),
+            up_proj: Linear::new(hidden, intermediate, bias, init_std, device),
+            down_proj: Linear::new(intermediate, hidden, bias, init_std, device),
         }
     }
 
@@ -147,11 +153,17 @@ impl<B: Backend> VisionBlock<B> {
             norm1: RmsNorm::new(d, VISION_NORM_EPS, device),
             norm2: RmsNorm::new(d, VISION_NORM_EPS, device),
             attn: VisionAttention {
-                qkv: Linear::new(d, 3 * d, true, device),
-                proj: Linear::new(d, d, true, device),
+                qkv: Linear::new(d, 3 * d, true, config.initializer_range, device),
+                proj: Linear::new(d, d, true, config.initializer_range, device),
                 num_heads: config.num_heads,
             },
-            mlp: GatedMlp::new(d, config.intermediate_size, true, device),
+            mlp: GatedMlp::new(
+                d,
+                config.intermediate_size,
+                true,
+                config.initializer_range,
+                device,
+            ),
         }
     }
 
@@ -276,8 +288,14 @@ impl<B: Backend> VisionTransformer<B> {
             merger: PatchMerger {
                 ln_q: RmsNorm::new(config.hidden_size, VISION_NORM_EPS, device),
                 mlp: MergerMlp {
-                    fc1: Linear::new(context, context, true, device),
-                    fc2: Linear::new(context, config.out_hidden_size, true, device),
+                    fc1: Linear::new(context, context, true, config.initializer_range, device),
+                    fc2: Linear::new(
+                        context,
+                        config.out_hidden_size,
+                        true,
+                        config.initializer_range,
+                        device,
+                    ),
                 },
             },
             config: config.clone(),
