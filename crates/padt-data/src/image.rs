@@ -5,13 +5,17 @@
 //! Reference: transformers 4.50 slow `Qwen2VLImageProcessor` on a PIL image (what PaDT runs),
 //! Pillow 12.3. See `docs/pipeline.md` and `shared/spec/data-formats.md` §4.
 //!
-//! Parity: PNG inputs and every stage after decoding are bit-exact. JPEG decoding uses the pure-Rust
-//! `jpeg-decoder` crate (closest to Pillow's libjpeg-turbo: at most 3 levels apart, measured in
-//! `tests/fixtures/data/preprocess/jpeg_decoder_comparison.json`); zune-jpeg (through `image`) is
-//! available as a faster, less exact option.
+//! Parity: bit-exact for PNG and JPEG inputs. JPEGs are decoded by default with libjpeg-turbo's
+//! decoder (vendored C, [`libjpeg_turbo`]), the library Pillow decodes with; the pure-Rust
+//! `jpeg-decoder` (at most 3 levels from Pillow, measured in
+//! `tests/fixtures/data/preprocess/jpeg_decoder_comparison.json`) and zune-jpeg (through `image`,
+//! at most 8) remain as options.
 
 use std::io::Cursor;
 use std::path::Path;
+
+#[path = "libjpeg_turbo.rs"]
+mod libjpeg_turbo;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,12 +116,15 @@ pub struct DecodedImage {
     pub mode: SourceMode,
 }
 
-/// Which pure-Rust JPEG decoder to use (none is bit-exact with libjpeg-turbo).
+/// Which JPEG decoder to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JpegDecoderKind {
-    /// `jpeg-decoder` 0.3.2: max 3 levels from libjpeg-turbo on the fixtures.
+    /// libjpeg-turbo's decoder (MozJPEG 4 fork, compiled from vendored C by `mozjpeg-sys`), set up
+    /// as Pillow sets it up: Pillow's pixels bit for bit. CMYK / YCCK files go to `jpeg-decoder`.
     #[default]
+    LibjpegTurbo,
+    /// `jpeg-decoder` 0.3.2 (pure Rust): max 3 levels from libjpeg-turbo on the fixtures.
     JpegDecoder,
     /// zune-jpeg 0.5 through `image`: faster, max 8 levels from libjpeg-turbo.
     ZuneJpeg,
@@ -187,6 +194,7 @@ pub fn decode_image(
 ) -> Result<DecodedImage, ImageError> {
     if is_jpeg(bytes) {
         match options.jpeg_decoder {
+            JpegDecoderKind::LibjpegTurbo => decode_jpeg_libjpeg_turbo(bytes, name, options),
             JpegDecoderKind::JpegDecoder => decode_jpeg_jpeg_decoder(bytes, name, options),
             JpegDecoderKind::ZuneJpeg => decode_with_image_crate(
                 bytes,
@@ -248,6 +256,46 @@ fn png_dimensions(bytes: &[u8]) -> Option<(usize, usize)> {
     let w = u32::from_be_bytes(bytes[16..20].try_into().ok()?) as usize;
     let h = u32::from_be_bytes(bytes[20..24].try_into().ok()?) as usize;
     Some((w, h))
+}
+
+fn decode_jpeg_libjpeg_turbo(
+    bytes: &[u8],
+    name: &str,
+    options: &DecodeOptions,
+) -> Result<DecodedImage, ImageError> {
+    let decoded = libjpeg_turbo::decode(
+        bytes,
+        |width, height| check_dimensions(name, width, height, options),
+        |reason| ImageError::Decode {
+            name: name.to_string(),
+            format: "JPEG",
+            reason,
+        },
+    )?;
+    let (width, height, data, mode) = match decoded {
+        libjpeg_turbo::Decoded::Rgb {
+            width,
+            height,
+            data,
+        } => (width, height, data, SourceMode::Rgb),
+        libjpeg_turbo::Decoded::Gray {
+            width,
+            height,
+            data,
+        } => (width, height, gray_to_rgb(&data), SourceMode::Gray),
+        // Pillow's CMYK path (inverted Adobe CMYK, `cmyk2rgb`) is what `jpeg-decoder` + our
+        // conversion already reproduce; these files are rare.
+        libjpeg_turbo::Decoded::Cmyk => return decode_jpeg_jpeg_decoder(bytes, name, options),
+    };
+    Ok(DecodedImage {
+        rgb: RgbImage {
+            width,
+            height,
+            data,
+        },
+        alpha: None,
+        mode,
+    })
 }
 
 fn decode_jpeg_jpeg_decoder(
@@ -1215,6 +1263,58 @@ mod tests {
                 plain4
             );
         }
+    }
+
+    fn fixture_jpeg() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/data/preprocess/inputs/rocket_213x142_q90_420_jpg.jpg");
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn libjpeg_turbo_refuses_truncated_corrupt_and_oversized_files() {
+        let options = DecodeOptions::default();
+        let jpeg = fixture_jpeg();
+        assert!(decode_image(&jpeg, "ok.jpg", &options).is_ok());
+        // Cut inside the entropy-coded data: Pillow says "image file is truncated".
+        let err = decode_image(&jpeg[..jpeg.len() / 2], "cut.jpg", &options).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Decode { format: "JPEG", .. })
+                && err.to_string().contains("cut.jpg")
+                && err.to_string().contains("truncated"),
+            "{err}"
+        );
+        // Cut inside the headers.
+        let err = decode_image(&jpeg[..300], "head.jpg", &options).unwrap_err();
+        assert!(matches!(err, ImageError::Decode { .. }), "{err}");
+        // A JPEG signature followed by garbage: libjpeg's own message, no panic, no exit.
+        let mut garbage = vec![0xff, 0xd8, 0xff, 0x01];
+        garbage.extend(std::iter::repeat_n(0x5a, 64));
+        let err = decode_image(&garbage, "bad.jpg", &options).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Decode { format: "JPEG", .. })
+                && err.to_string().contains("bad.jpg"),
+            "{err}"
+        );
+        // The pixel limit applies before any pixel is decoded.
+        let small = DecodeOptions {
+            max_decoded_pixels: 1000,
+            ..options
+        };
+        let err = decode_image(&jpeg, "big.jpg", &small).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    width: 213,
+                    height: 142,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The decoder is reusable after errors (no state leaks between calls).
+        assert!(decode_image(&jpeg, "again.jpg", &options).is_ok());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //!
 //! Exact: PNG decode, PaDT's LANCZOS upscale, `resized_rgb` given `decoded_rgb`, `pixel_values`
 //! given `resized_rgb`, grid and smart_resize size, and the whole path from PNG bytes.
-//! Tolerance (JPEG decoding differs from libjpeg-turbo; measured on these fixtures with
-//! `jpeg-decoder` 0.3.2): decoded RGB max |Δ| ≤ 3 levels, mean |Δ| ≤ 0.1; `pixel_values` from
-//! JPEG bytes max |Δ| ≤ 0.06, mean |Δ| ≤ 0.002 (the README allows 0.15 for any decoder).
+//! Exact too with the default JPEG decoder (libjpeg-turbo, as Pillow): decoded RGB and
+//! `pixel_values` from JPEG bytes.
+//! Tolerance for the pure-Rust JPEG decoders (measured on these fixtures with `jpeg-decoder`
+//! 0.3.2): decoded RGB max |Δ| ≤ 3 levels, mean |Δ| ≤ 0.1; `pixel_values` from JPEG bytes
+//! max |Δ| ≤ 0.06, mean |Δ| ≤ 0.002 (the README allows 0.15 for any decoder).
 
 use std::path::PathBuf;
 
@@ -237,6 +239,44 @@ fn jpeg_stats(kind: JpegDecoderKind) -> Vec<(String, u8, f64, f32, f64)> {
     }
     assert!(stats.len() >= 5, "JPEG cases: {}", stats.len());
     stats
+}
+
+#[test]
+fn libjpeg_turbo_jpeg_cases_are_bit_exact() {
+    assert_eq!(
+        DecodeOptions::default().jpeg_decoder,
+        JpegDecoderKind::LibjpegTurbo
+    );
+    let options = DecodeOptions::default();
+    let mut seen = 0;
+    for case in cases().into_iter().filter(|c| c.format == "JPEG") {
+        let st = SafeTensors::deserialize(&case.tensors).unwrap();
+        let bytes = std::fs::read(&case.input).unwrap();
+        let decoded = decode_image(&bytes, &case.name, &options).unwrap();
+        let expected = rgb(&st, "decoded_rgb");
+        assert_eq!(
+            (decoded.rgb.width, decoded.rgb.height),
+            (expected.width, expected.height),
+            "{}",
+            case.name
+        );
+        let diff = decoded
+            .rgb
+            .data
+            .iter()
+            .zip(&expected.data)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(diff, 0, "{}: {diff} decoded bytes differ", case.name);
+        let out = processor(&case)
+            .process_encoded(&bytes, &case.name, &options)
+            .unwrap();
+        let (_, pv) = f32s(&st, "pixel_values");
+        assert_eq!(out.grid_thw, grid(&st), "{}", case.name);
+        assert_eq!(bits_equal(&out.pixel_values, &pv), 0, "{}", case.name);
+        seen += 1;
+    }
+    assert!(seen >= 5, "JPEG cases: {seen}");
 }
 
 #[test]
