@@ -158,21 +158,32 @@ fn samples(dir: &Path, tokenizer_dir: &Path, seconds: f64, loader_only: bool) {
     if loader_only {
         return;
     }
-    // The same with zune-jpeg instead of the default decoder (not bit-identical to Pillow's
-    // libjpeg-turbo in every pixel; see bench/pipeline.md), for the decoder's share.
-    let zune = DecodeOptions {
-        jpeg_decoder: JpegDecoderKind::ZuneJpeg,
-        ..DecodeOptions::default()
-    };
-    let full_zune = rate(seconds, |i| {
-        let k = i % n;
-        black_box(
-            encoder
-                .prepare_from_bytes(&records[k], &blobs[k], &processor, &zune, seed, 0, i as u64)
-                .unwrap(),
-        );
-    });
-    println!("  same with zune-jpeg: {full_zune:.1} samples/CPU-s");
+    // The same with the pure-Rust decoders instead of the default libjpeg-turbo (not
+    // bit-identical to Pillow in every pixel; see bench/pipeline.md), for the decoder's share.
+    for kind in [JpegDecoderKind::JpegDecoder, JpegDecoderKind::ZuneJpeg] {
+        let other = DecodeOptions {
+            jpeg_decoder: kind,
+            ..DecodeOptions::default()
+        };
+        let full_other = rate(seconds, |i| {
+            let k = i % n;
+            black_box(
+                encoder
+                    .prepare_from_bytes(
+                        &records[k],
+                        &blobs[k],
+                        &processor,
+                        &other,
+                        seed,
+                        0,
+                        i as u64,
+                    )
+                    .unwrap(),
+            );
+        });
+        println!("  same with {kind:?}: {full_other:.1} samples/CPU-s");
+    }
+    image_stages(&blobs, &processor, seconds);
 
     let image = rate(seconds, |i| {
         black_box(process_image(&blobs[i % n], "bench", &processor, &decode).unwrap());
@@ -272,14 +283,15 @@ fn images(dir: &Path, seconds: f64) {
     let n = blobs.len();
     let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
     println!("files {n}");
-    for kind in [JpegDecoderKind::JpegDecoder, JpegDecoderKind::ZuneJpeg] {
+    for kind in [
+        JpegDecoderKind::LibjpegTurbo,
+        JpegDecoderKind::JpegDecoder,
+        JpegDecoderKind::ZuneJpeg,
+    ] {
         let options = DecodeOptions {
             jpeg_decoder: kind,
             ..DecodeOptions::default()
         };
-        let decode = rate(seconds, |i| {
-            black_box(decode_image(&blobs[i % n], "bench", &options).unwrap());
-        });
         let full = rate(seconds, |i| {
             black_box(
                 processor
@@ -287,28 +299,13 @@ fn images(dir: &Path, seconds: f64) {
                     .unwrap(),
             );
         });
-        println!(
-            "{kind:?}: decode only {decode:.1} images/CPU-s; full path {full:.1} samples/CPU-s"
-        );
+        println!("{kind:?}: full image path {full:.1} samples/CPU-s");
     }
-    // Stages on decoded images (decoder-independent).
+    image_stages(&blobs, &processor, seconds);
     let decoded: Vec<_> = blobs
         .iter()
         .map(|b| padt_upscale(decode_image(b, "bench", &DecodeOptions::default()).unwrap()).rgb)
         .collect();
-    let resize = rate(seconds, |i| {
-        black_box(processor.resize(&decoded[i % n]).unwrap());
-    });
-    let resized: Vec<_> = decoded
-        .iter()
-        .map(|d| processor.resize(d).unwrap())
-        .collect();
-    let patchify = rate(seconds, |i| {
-        black_box(processor.patchify(&resized[i % n]));
-    });
-    println!(
-        "bicubic resize only {resize:.1} images/CPU-s; normalise+patchify only {patchify:.1} images/CPU-s"
-    );
     // The two resize passes separately, on the first image.
     let d = &decoded[0];
     let (h, w) = processor.target_size(d.height, d.width).unwrap();
@@ -328,4 +325,53 @@ fn images(dir: &Path, seconds: f64) {
             d.width, d.height
         );
     }
+}
+
+/// Each image stage alone: decode per decoder, bicubic resize, normalise + patchify.
+fn image_stages(blobs: &[Vec<u8>], processor: &ImageProcessor, seconds: f64) {
+    let n = blobs.len();
+    for kind in [
+        JpegDecoderKind::LibjpegTurbo,
+        JpegDecoderKind::JpegDecoder,
+        JpegDecoderKind::ZuneJpeg,
+    ] {
+        let options = DecodeOptions {
+            jpeg_decoder: kind,
+            ..DecodeOptions::default()
+        };
+        let decode = rate(seconds, |i| {
+            black_box(decode_image(&blobs[i % n], "bench", &options).unwrap());
+        });
+        println!(
+            "    decode only, {kind:?}: {decode:.1} images/CPU-s ({:.3} ms)",
+            1e3 / decode
+        );
+    }
+    let decoded: Vec<_> = blobs
+        .iter()
+        .map(|b| padt_upscale(decode_image(b, "bench", &DecodeOptions::default()).unwrap()).rgb)
+        .collect();
+    let resize = rate(seconds, |i| {
+        black_box(processor.resize(&decoded[i % n]).unwrap());
+    });
+    let resized: Vec<_> = decoded
+        .iter()
+        .map(|d| processor.resize(d).unwrap())
+        .collect();
+    let patchify = rate(seconds, |i| {
+        black_box(processor.patchify(&resized[i % n]));
+    });
+    let hot = rate(seconds, |i| {
+        black_box(processor.patchify(&resized[i % 2]));
+    });
+    println!(
+        "    patchify on 2 hot images {hot:.1}/CPU-s ({:.3} ms)",
+        1e3 / hot
+    );
+    println!(
+        "    bicubic resize only {resize:.1} images/CPU-s ({:.3} ms); normalise+patchify only \
+         {patchify:.1} images/CPU-s ({:.3} ms)",
+        1e3 / resize,
+        1e3 / patchify
+    );
 }

@@ -111,12 +111,17 @@ pub(crate) fn decode<E>(
             cinfo.out_color_space = out_space;
             sys::jpeg_start_decompress(&mut cinfo);
             let (width, height) = (cinfo.output_width as usize, cinfo.output_height as usize);
+            if cinfo.output_components as usize != components {
+                resume_unwind(Box::new(LibjpegFailure(format!(
+                    "decoder gives {} components per pixel, expected {components}",
+                    cinfo.output_components
+                ))));
+            }
             let stride = width * components;
-            let mut data = vec![0u8; stride * height];
-            let mut rows: Vec<*mut u8> = data
-                .chunks_exact_mut(stride)
-                .map(|r| r.as_mut_ptr())
-                .collect();
+            // Not zero-filled: libjpeg writes every byte of every row before `set_len` below.
+            let mut data: Vec<u8> = Vec::with_capacity(stride * height);
+            let base = data.as_mut_ptr();
+            let mut rows: Vec<*mut u8> = (0..height).map(|y| base.add(y * stride)).collect();
             while (cinfo.output_scanline as usize) < height {
                 let done = cinfo.output_scanline as usize;
                 let read = sys::jpeg_read_scanlines(
@@ -131,6 +136,7 @@ pub(crate) fn decode<E>(
                     )));
                 }
             }
+            data.set_len(stride * height);
             sys::jpeg_finish_decompress(&mut cinfo);
             Some(if components == 1 {
                 Decoded::Gray {
