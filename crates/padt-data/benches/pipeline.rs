@@ -365,7 +365,7 @@ fn image_stages(blobs: &[Vec<u8>], processor: &ImageProcessor, seconds: f64) {
         black_box(processor.patchify(&resized[i % 2]));
     });
     println!(
-        "    patchify on 2 hot images {hot:.1}/CPU-s ({:.3} ms)",
+        "    normalise+patchify on 2 images (cache-warm input) {hot:.1}/CPU-s ({:.3} ms)",
         1e3 / hot
     );
     println!(

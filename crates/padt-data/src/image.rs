@@ -1047,141 +1047,57 @@ impl ImageProcessorConfig {
     }
 }
 
-/// Fills one `pixel_values` row (`[c][t][py][px]`) from a `[H, W, 3]` image: LUT-normalised
-/// pixels, each frame repeated `t` times.
-struct PatchFill<'a> {
-    data: &'a [u8],
-    row_stride: usize,
-    patch_size: usize,
-    temporal: usize,
-    lut: &'a [[f32; 256]; 3],
-    /// The AVX2 gather version applies (CPU support, patch size ≥ 8).
-    vectorised: bool,
+/// Rescales + normalises one band of `m·p` image rows (one row of merge blocks) into planar
+/// `[3][rows][W]` f32 through the per-channel LUT: the image is read row by row, in order.
+fn normalise_band(
+    band: &mut [f32],
+    rows: &[u8],
+    width: usize,
+    band_rows: usize,
+    lut: &[[f32; 256]; 3],
+) {
+    let plane = band_rows * width;
+    let (red, rest) = band.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (((r, g), b), px) in red
+        .iter_mut()
+        .zip(green.iter_mut())
+        .zip(blue.iter_mut())
+        .zip(rows.chunks_exact(3))
+    {
+        *r = lut[0][px[0] as usize];
+        *g = lut[1][px[1] as usize];
+        *b = lut[2][px[2] as usize];
+    }
 }
 
-impl<'a> PatchFill<'a> {
-    fn new(
-        data: &'a [u8],
-        width: usize,
-        patch_size: usize,
-        temporal: usize,
-        lut: &'a [[f32; 256]; 3],
-    ) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let vectorised = patch_size >= 8 && std::arch::is_x86_feature_detected!("avx2");
-        #[cfg(not(target_arch = "x86_64"))]
-        let vectorised = false;
-        Self {
-            data,
-            row_stride: width * 3,
-            patch_size,
-            temporal,
-            lut,
-            vectorised,
-        }
-    }
-
-    /// Fills `patch` (`3·t·p²` values) with the patch whose top-left pixel is `(y0, x0)`.
-    #[inline]
-    fn fill(&self, patch: &mut [f32], y0: usize, x0: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if self.vectorised {
-            // SAFETY: AVX2 support was checked in `new`.
-            unsafe { self.fill_avx2(patch, y0, x0) };
-            return;
-        }
-        self.fill_plain(patch, y0, x0);
-    }
-
-    /// The source row `py` of the patch at `(y0, x0)`: `p` RGB pixels.
-    #[inline(always)]
-    fn source_row(&self, y0: usize, x0: usize, py: usize) -> &'a [u8] {
-        &self.data[(y0 + py) * self.row_stride + x0 * 3..][..self.patch_size * 3]
-    }
-
-    fn fill_plain(&self, patch: &mut [f32], y0: usize, x0: usize) {
-        let p = self.patch_size;
-        let plane = p * p;
-        let channel_len = self.temporal * plane;
-        let (red, rest) = patch.split_at_mut(channel_len);
-        let (green, blue) = rest.split_at_mut(channel_len);
-        for py in 0..p {
-            let dst = py * p..(py + 1) * p;
-            for (((r, g), b), px) in red[dst.clone()]
-                .iter_mut()
-                .zip(&mut green[dst.clone()])
-                .zip(&mut blue[dst])
-                .zip(self.source_row(y0, x0, py).chunks_exact(3))
-            {
-                *r = self.lut[0][px[0] as usize];
-                *g = self.lut[1][px[1] as usize];
-                *b = self.lut[2][px[2] as usize];
-            }
-        }
-        // Temporal duplication: the same frame `t` times per channel.
-        for channel in patch.chunks_exact_mut(channel_len) {
-            let (frame, copies) = channel.split_at_mut(plane);
-            for copy in copies.chunks_exact_mut(plane) {
-                copy.copy_from_slice(frame);
-            }
-        }
-    }
-
-    /// Eight pixels at a time: one shuffle splits 8 interleaved RGB pixels into three index
-    /// vectors, one gather per channel reads the LUT, and each result is stored `t` times.
-    /// The last group of a row overlaps the previous one when `p` is not a multiple of 8.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn fill_avx2(&self, patch: &mut [f32], y0: usize, x0: usize) {
-        use std::arch::x86_64::*;
-        let p = self.patch_size;
-        let plane = p * p;
-        let t = self.temporal;
-        assert!(p >= 8 && patch.len() == 3 * t * plane);
-        // Byte `k` of the 8-pixel group for channel `c` is byte `3k + c` of the 24 source
-        // bytes: bytes 0..16 come from `low`, 16..24 from `high` (-1 = zero).
-        const fn picks(c: i32, from_low: bool) -> [i8; 16] {
-            let mut out = [-1i8; 16];
-            let mut k = 0;
-            while k < 8 {
-                let byte = 3 * k + c;
-                if from_low && byte < 16 {
-                    out[k as usize] = byte as i8;
-                } else if !from_low && byte >= 16 {
-                    out[k as usize] = (byte - 16) as i8;
+/// Copies one patch out of a normalised band into a `pixel_values` row `[c][t][py][px]`:
+/// the `P × P` frame at band row `y0`, column `x0` of each channel, repeated `t` times.
+/// `P` is the patch size when it is known at compile time (fixed-size copies), 0 otherwise.
+#[inline(always)]
+fn copy_patch<const P: usize>(
+    patch: &mut [f32],
+    band: &[f32],
+    width: usize,
+    band_rows: usize,
+    (y0, x0): (usize, usize),
+    (p, t): (usize, usize),
+) {
+    let p = if P > 0 { P } else { p };
+    let plane = p * p;
+    for (c, channel) in patch.chunks_exact_mut(t * plane).enumerate() {
+        let source = &band[c * band_rows * width..(c + 1) * band_rows * width];
+        for frame in channel.chunks_exact_mut(plane) {
+            for (py, dst) in frame.chunks_exact_mut(p).enumerate() {
+                let src = &source[(y0 + py) * width + x0..][..p];
+                if P > 0 {
+                    // Fixed-size: a few vector moves instead of a `memcpy` call.
+                    let dst: &mut [f32; P] = dst.try_into().expect("patch row");
+                    let src: &[f32; P] = src.try_into().expect("band row");
+                    *dst = *src;
+                } else {
+                    dst.copy_from_slice(src);
                 }
-                k += 1;
-            }
-            out
-        }
-        const LOW: [[i8; 16]; 3] = [picks(0, true), picks(1, true), picks(2, true)];
-        const HIGH: [[i8; 16]; 3] = [picks(0, false), picks(1, false), picks(2, false)];
-        let low_masks = LOW.map(|m| _mm_loadu_si128(m.as_ptr().cast()));
-        let high_masks = HIGH.map(|m| _mm_loadu_si128(m.as_ptr().cast()));
-        let last_group = p - 8;
-        for py in 0..p {
-            let row = self.source_row(y0, x0, py);
-            let mut start = 0;
-            loop {
-                let group = &row[start * 3..start * 3 + 24];
-                let low = _mm_loadu_si128(group.as_ptr().cast());
-                let high = _mm_loadl_epi64(group[16..].as_ptr().cast());
-                for c in 0..3 {
-                    let bytes = _mm_or_si128(
-                        _mm_shuffle_epi8(low, low_masks[c]),
-                        _mm_shuffle_epi8(high, high_masks[c]),
-                    );
-                    let index = _mm256_cvtepu8_epi32(bytes);
-                    let values = _mm256_i32gather_ps::<4>(self.lut[c].as_ptr(), index);
-                    for tt in 0..t {
-                        let at = (c * t + tt) * plane + py * p + start;
-                        _mm256_storeu_ps(patch[at..at + 8].as_mut_ptr(), values);
-                    }
-                }
-                if start == last_group {
-                    break;
-                }
-                start = (start + 8).min(last_group);
             }
         }
     }
@@ -1321,16 +1237,26 @@ impl ImageProcessor {
         let patch_dim = self.config.patch_dim();
         let num_patches = gh * gw;
         let mut pixel_values = Vec::with_capacity(num_patches * patch_dim);
-        // One patch at a time in a small buffer (L1-resident), then appended to the output with
-        // streaming stores: the 7.4 MB output is written once, without first reading it into the
-        // cache.
+        // One row of merge blocks at a time: its `m·p` image rows are normalised into a planar
+        // band (L2-resident, read in order), then each patch is gathered from the band into a
+        // small buffer (L1) and appended with streaming stores: the 7.4 MB output is written
+        // once, without first being read into the cache.
+        let width = resized.width;
+        let band_rows = m * p;
+        let mut band = vec![0f32; 3 * band_rows * width];
         let mut patch = vec![0f32; patch_dim];
-        let fill = PatchFill::new(&resized.data, resized.width, p, t, &self.lut);
         for bh in 0..gh / m {
+            let rows = &resized.data[bh * band_rows * width * 3..(bh + 1) * band_rows * width * 3];
+            normalise_band(&mut band, rows, width, band_rows, &self.lut);
             for bw in 0..gw / m {
                 for i in 0..m {
                     for j in 0..m {
-                        fill.fill(&mut patch, (bh * m + i) * p, (bw * m + j) * p);
+                        let at = (i * p, (bw * m + j) * p);
+                        if p == 14 {
+                            copy_patch::<14>(&mut patch, &band, width, band_rows, at, (p, t));
+                        } else {
+                            copy_patch::<0>(&mut patch, &band, width, band_rows, at, (p, t));
+                        }
                         append_streaming(&mut pixel_values, &patch);
                     }
                 }
@@ -1486,22 +1412,64 @@ mod tests {
         assert!(decode_image(&jpeg, "again.jpg", &options).is_ok());
     }
 
-    #[test]
-    fn vectorised_patch_fill_equals_plain_fill() {
-        let lut = ImageProcessor::new(ImageProcessorConfig::default())
-            .unwrap()
-            .lut;
-        for (p, t) in [(14usize, 2usize), (8, 1), (16, 2), (9, 3)] {
-            let (w, h) = (p * 3, p * 2);
-            let data: Vec<u8> = (0..w * h * 3).map(|i| (i * 7919 % 251) as u8).collect();
-            let fill = PatchFill::new(&data, w, p, t, &lut);
-            let mut plain = vec![0f32; 3 * t * p * p];
-            let mut fast = vec![1f32; 3 * t * p * p];
-            for (y0, x0) in [(0, 0), (p, 2 * p), (p, p)] {
-                fill.fill_plain(&mut plain, y0, x0);
-                fill.fill(&mut fast, y0, x0);
-                assert_eq!(plain, fast, "p {p} t {t} at ({y0}, {x0})");
+    /// The processor's patchify written as the plain index formula.
+    fn patchify_by_formula(config: &ImageProcessorConfig, image: &RgbImage) -> Vec<f32> {
+        let lut = ImageProcessor::new(config.clone()).unwrap().lut;
+        let (p, m, t) = (
+            config.patch_size,
+            config.merge_size,
+            config.temporal_patch_size,
+        );
+        let (gh, gw) = (image.height / p, image.width / p);
+        let mut out = Vec::new();
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for i in 0..m {
+                    for j in 0..m {
+                        for (c, lut) in lut.iter().enumerate() {
+                            for _ in 0..t {
+                                for py in 0..p {
+                                    for px in 0..p {
+                                        let y = (bh * m + i) * p + py;
+                                        let x = (bw * m + j) * p + px;
+                                        out.push(
+                                            lut[image.data[(y * image.width + x) * 3 + c] as usize],
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
+        }
+        out
+    }
+
+    #[test]
+    fn banded_patchify_equals_the_index_formula() {
+        for (p, m, t) in [(14usize, 2usize, 2usize), (8, 1, 1), (9, 2, 3), (14, 1, 2)] {
+            let config = ImageProcessorConfig {
+                patch_size: p,
+                merge_size: m,
+                temporal_patch_size: t,
+                ..ImageProcessorConfig::default()
+            };
+            let (w, h) = (p * m * 3, p * m * 2);
+            let image = RgbImage {
+                width: w,
+                height: h,
+                data: (0..w * h * 3).map(|i| (i * 7919 % 251) as u8).collect(),
+            };
+            let out = ImageProcessor::new(config.clone())
+                .unwrap()
+                .patchify(&image);
+            assert_eq!(out.num_patches * out.patch_dim, out.pixel_values.len());
+            assert_eq!(
+                out.pixel_values,
+                patchify_by_formula(&config, &image),
+                "p {p} m {m} t {t}"
+            );
         }
     }
 
