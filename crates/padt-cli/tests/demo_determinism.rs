@@ -13,6 +13,9 @@ fn args(out: &Path, seed: u64) -> DemoArgs {
         val_images: 12,
         train_sentences_per_ref: 2,
         shard_size: 40,
+        background: padt_cli::demo::scene::Background::Ramp,
+        small_side: (16, 22),
+        large_side: (32, 42),
         weights: true,
     }
 }

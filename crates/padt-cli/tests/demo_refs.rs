@@ -46,6 +46,9 @@ fn every_sentence_names_exactly_its_object() {
         val_images: 40,
         train_sentences_per_ref: 2,
         shard_size: 1000,
+        background: padt_cli::demo::scene::Background::Ramp,
+        small_side: (20, 28),
+        large_side: (36, 48),
         weights: false,
     })
     .unwrap();
@@ -80,7 +83,8 @@ fn every_sentence_names_exactly_its_object() {
             let mean = sum.map(|s| s / n);
             assert_eq!(colour_of(mean), a.colour, "ann {} mean {mean:?}", a.id);
             let side = a.bbox[2].max(a.bbox[3]);
-            let expected_size = if side < 27.0 { "small" } else { "large" };
+            // Between the small (20-28 px) and large (36-48 px) ranges of the arguments above.
+            let expected_size = if side < 32.0 { "small" } else { "large" };
             assert_eq!(expected_size, a.size, "ann {} side {side}", a.id);
         }
     }

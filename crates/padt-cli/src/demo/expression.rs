@@ -187,7 +187,7 @@ pub fn unambiguous_expressions(objects: &[SceneObject], target: usize) -> Vec<Ex
 
 #[cfg(test)]
 mod tests {
-    use super::super::scene::{generate_scene, SplitMix64};
+    use super::super::scene::{generate_scene, SceneStyle, SplitMix64};
     use super::*;
 
     #[test]
@@ -195,7 +195,7 @@ mod tests {
         let mut rng = SplitMix64::new(11);
         let mut seen_positions = 0;
         for _ in 0..300 {
-            let s = generate_scene(&mut rng);
+            let s = generate_scene(&mut rng, &SceneStyle::default());
             for t in 0..s.objects.len() {
                 for e in unambiguous_expressions(&s.objects, t) {
                     let text = e.sentence(&s.objects);

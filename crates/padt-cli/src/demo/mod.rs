@@ -24,6 +24,7 @@ use padt_data::manifest::{ImageMode, Manifest, SourceInfo};
 use padt_data::record::ImageData;
 use padt_data::shard::{write_dataset, WriteOptions};
 use padt_data::sources::refcoco::{process_refcoco, RefcocoOptions, SplitBy};
+use scene::{Background, SceneStyle};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,10 +55,44 @@ pub struct DemoArgs {
     /// Records per shard.
     #[arg(long, default_value_t = 2000)]
     pub shard_size: usize,
+    /// Scene background: `flat` (one grey) or `ramp` (a grey, plus colour ramps over the whole
+    /// picture that tell every patch where it is; see docs/demo.md).
+    #[arg(long, value_enum, default_value_t = Background::Ramp)]
+    pub background: Background,
+    /// Pixel side range `LOW-HIGH` of small shapes.
+    #[arg(long, default_value = "22-30", value_parser = parse_side_range)]
+    pub small_side: (i64, i64),
+    /// Pixel side range `LOW-HIGH` of large shapes.
+    #[arg(long, default_value = "40-52", value_parser = parse_side_range)]
+    pub large_side: (i64, i64),
     /// Also write seeded random weights `model/model.safetensors` (about 7 MB; without them,
     /// train with `padt-train --random-init`, which draws the same initialisation).
     #[arg(long)]
     pub weights: bool,
+}
+
+/// Parses `LOW-HIGH` (pixels).
+fn parse_side_range(text: &str) -> Result<(i64, i64), String> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<i64>()
+            .map_err(|_| format!("`{text}`: expected LOW-HIGH in pixels, e.g. 16-22"))
+    };
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}`: expected LOW-HIGH in pixels, e.g. 16-22"))?;
+    Ok((parse(lo)?, parse(hi)?))
+}
+
+impl DemoArgs {
+    /// The scene style the options describe.
+    pub fn style(&self) -> SceneStyle {
+        SceneStyle {
+            background: self.background,
+            small_side: self.small_side,
+            large_side: self.large_side,
+        }
+    }
 }
 
 /// Counts of one split.
@@ -93,6 +128,9 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
     if a.shard_size == 0 {
         bail!("--shard-size must be at least 1");
     }
+    a.style()
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--small-side / --large-side: {e}"))?;
     let out = &a.out;
     let refer_dir = out.join("raw").join("refer");
     let images_dir = out.join("raw").join("images");
@@ -101,6 +139,7 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
         train_images: a.train_images,
         val_images: a.val_images,
         train_sentences_per_ref: a.train_sentences_per_ref,
+        style: a.style(),
     });
     refer::write(&data, &refer_dir, &images_dir)?;
 
@@ -139,6 +178,18 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
             (
                 "train_sentences_per_ref".to_string(),
                 json!(a.train_sentences_per_ref),
+            ),
+            (
+                "background".to_string(),
+                json!(background_name(a.background)),
+            ),
+            (
+                "small_side".to_string(),
+                json!([a.small_side.0, a.small_side.1]),
+            ),
+            (
+                "large_side".to_string(),
+                json!([a.large_side.0, a.large_side.1]),
             ),
             ("refer_dir".to_string(), json!("raw/refer")),
             ("split_by".to_string(), json!("unc")),
@@ -200,6 +251,13 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
+fn background_name(b: Background) -> &'static str {
+    match b {
+        Background::Flat => "flat",
+        Background::Ramp => "ramp",
+    }
+}
+
 /// The folder's README.
 fn readme(a: &DemoArgs, s: &DemoSummary) -> String {
     let mut text = String::from(
@@ -209,12 +267,18 @@ fn readme(a: &DemoArgs, s: &DemoSummary) -> String {
     );
     text.push_str(&format!(
         "    padt-make-demo --seed {} --out <this folder> --train-images {} --val-images {} \
-         --train-sentences-per-ref {} --shard-size {}{}\n\n",
+         --train-sentences-per-ref {} --shard-size {} --background {} --small-side {}-{} \
+         --large-side {}-{}{}\n\n",
         a.seed,
         a.train_images,
         a.val_images,
         a.train_sentences_per_ref,
         a.shard_size,
+        background_name(a.background),
+        a.small_side.0,
+        a.small_side.1,
+        a.large_side.0,
+        a.large_side.1,
         if a.weights { " --weights" } else { "" }
     ));
     text.push_str("| split | images | refs | records | shard bytes |\n|---|---|---|---|---|\n");

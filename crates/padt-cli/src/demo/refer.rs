@@ -7,7 +7,7 @@
 //! test can check each sentence against the scene without the pixels.
 
 use super::expression::{unambiguous_expressions, Expression};
-use super::scene::{generate_scene, Scene, Shape, SplitMix64};
+use super::scene::{generate_scene, Scene, SceneStyle, Shape, SplitMix64};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -89,6 +89,8 @@ pub struct ReferOptions {
     pub val_images: usize,
     /// Different sentences per train ref (at most; val refs get one).
     pub train_sentences_per_ref: usize,
+    /// Background and object sizes.
+    pub style: SceneStyle,
 }
 
 /// The generated refer dataset, in memory.
@@ -138,7 +140,7 @@ pub fn generate(opts: &ReferOptions) -> ReferDataset {
             ("val", 1)
         };
         let image_id = FIRST_IMAGE_ID + n as i64;
-        let scene: Scene = generate_scene(&mut rng);
+        let scene: Scene = generate_scene(&mut rng, &opts.style);
         let file_name = format!("demo_{image_id:06}.png");
         instances.images.push(ImageEntry {
             id: image_id,

@@ -1,5 +1,6 @@
 //! Synthetic scenes for the CPU demo: 1–4 coloured shapes (circle, square, triangle) that do
-//! not touch, on a plain background of a random grey, with one polygon per shape.
+//! not touch, on a background of a random grey (plain, or with colour ramps that encode the
+//! position: [`Background`]), with one polygon per shape.
 //!
 //! Every pixel of a shape is painted from the mask the polygon rasterises to
 //! ([`Rle::from_polygon`], the COCO rule), so the picture and the instance masks agree exactly.
@@ -121,7 +122,70 @@ impl Colour {
     }
 }
 
-/// The size class of an object: small shapes span 16–22 px, large ones 32–42 px.
+/// How scenes look: the background and the pixel sides of the two size classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SceneStyle {
+    pub background: Background,
+    /// Inclusive range of a small shape's box side in pixels.
+    pub small_side: (i64, i64),
+    /// Inclusive range of a large shape's box side in pixels.
+    pub large_side: (i64, i64),
+}
+
+impl Default for SceneStyle {
+    /// The style of the committed demo data (`padt-make-demo`'s defaults).
+    fn default() -> Self {
+        Self {
+            background: Background::Ramp,
+            small_side: (22, 30),
+            large_side: (40, 52),
+        }
+    }
+}
+
+impl SceneStyle {
+    /// Checks that both size classes fit the image with the border gap and do not overlap.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = IMAGE_SIDE as i64 - 2 * GAP as i64;
+        for (name, (lo, hi)) in [("small", self.small_side), ("large", self.large_side)] {
+            if lo < 4 || lo > hi || hi > max {
+                return Err(format!(
+                    "{name} side range {lo}-{hi}: needs 4 <= low <= high <= {max} px"
+                ));
+            }
+        }
+        if self.small_side.1 >= self.large_side.0 {
+            return Err(format!(
+                "small sides (up to {}) must stay below large sides (from {})",
+                self.small_side.1, self.large_side.0
+            ));
+        }
+        Ok(())
+    }
+
+    fn side_range(&self, size: Size) -> (i64, i64) {
+        match size {
+            Size::Small => self.small_side,
+            Size::Large => self.large_side,
+        }
+    }
+}
+
+/// The background of a scene.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Background {
+    /// One random grey.
+    Flat,
+    /// A random grey, and over the whole picture (shapes included) red rising left to right
+    /// and blue top to bottom (±30 levels): every patch's pixels say where it is, which a
+    /// from-scratch ViT (rotary, relative positions only) cannot otherwise tell.
+    Ramp,
+}
+
+/// Half the swing of the background ramps, in levels.
+const RAMP_HALF_SWING: f64 = 30.0;
+
+/// The size class of an object (pixel sides in [`SceneStyle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Size {
     Small,
@@ -143,14 +207,6 @@ impl Size {
     /// The size of a name.
     pub fn parse(s: &str) -> Option<Size> {
         Size::ALL.into_iter().find(|x| x.name() == s)
-    }
-
-    /// The inclusive range of the side of the shape's box in pixels.
-    fn side_range(self) -> (i64, i64) {
-        match self {
-            Size::Small => (16, 22),
-            Size::Large => (32, 42),
-        }
     }
 }
 
@@ -232,7 +288,7 @@ fn boxes_overlap(a: [f64; 4], b: [f64; 4]) -> bool {
 }
 
 /// Draws a scene of 1–4 objects.
-pub fn generate_scene(rng: &mut SplitMix64) -> Scene {
+pub fn generate_scene(rng: &mut SplitMix64, style: &SceneStyle) -> Scene {
     let (w, h) = (IMAGE_SIDE, IMAGE_SIDE);
     let wanted = rng.range_i64(1, 4) as usize;
     let grey = rng.range_i64(150, 245) as u8;
@@ -243,7 +299,7 @@ pub fn generate_scene(rng: &mut SplitMix64) -> Scene {
         let shape = Shape::ALL[rng.below(3) as usize];
         let colour = Colour::ALL[rng.below(4) as usize];
         let size = Size::ALL[rng.below(2) as usize];
-        let (lo, hi) = size.side_range();
+        let (lo, hi) = style.side_range(size);
         let side = rng.range_i64(lo, hi) as f64;
         let jitter: [i64; 3] = [
             rng.range_i64(-15, 15),
@@ -284,6 +340,19 @@ pub fn generate_scene(rng: &mut SplitMix64) -> Scene {
             mask,
         });
     }
+    if style.background == Background::Ramp {
+        // Over the whole picture, shapes included, so that every patch says where it is.
+        let ramp = |i: u32, n: u32| {
+            (RAMP_HALF_SWING * (2.0 * i as f64 / (n - 1) as f64 - 1.0)).round() as i64
+        };
+        for y in 0..h {
+            for x in 0..w {
+                let px = ((y * w + x) * 3) as usize;
+                rgb[px] = (rgb[px] as i64 + ramp(x, w)).clamp(0, 255) as u8;
+                rgb[px + 2] = (rgb[px + 2] as i64 + ramp(y, h)).clamp(0, 255) as u8;
+            }
+        }
+    }
     Scene {
         width: w,
         height: h,
@@ -300,7 +369,7 @@ mod tests {
     fn scenes_have_separate_nonempty_objects() {
         let mut rng = SplitMix64::new(7);
         for _ in 0..200 {
-            let s = generate_scene(&mut rng);
+            let s = generate_scene(&mut rng, &SceneStyle::default());
             assert!(!s.objects.is_empty() && s.objects.len() <= 4);
             for (i, a) in s.objects.iter().enumerate() {
                 assert!(a.area > 100, "{a:?}");
@@ -319,7 +388,11 @@ mod tests {
     #[test]
     fn picture_matches_masks() {
         let mut rng = SplitMix64::new(3);
-        let s = generate_scene(&mut rng);
+        let flat = SceneStyle {
+            background: Background::Flat,
+            ..SceneStyle::default()
+        };
+        let s = generate_scene(&mut rng, &flat);
         let bg = &s.rgb[0..3];
         let mut union = vec![0u8; (s.width * s.height) as usize];
         for o in &s.objects {
@@ -330,6 +403,82 @@ mod tests {
         for (i, &u) in union.iter().enumerate() {
             let px = &s.rgb[i * 3..i * 3 + 3];
             assert_eq!(u == 0, px == bg, "pixel {i}");
+        }
+    }
+
+    /// With the ramps, red - green of the background says the column and blue - green the row,
+    /// and a shape's red rises left to right as the background's does.
+    #[test]
+    fn ramp_background_encodes_the_position() {
+        let style = SceneStyle {
+            background: Background::Ramp,
+            ..SceneStyle::default()
+        };
+        let mut rng = SplitMix64::new(11);
+        let s = generate_scene(&mut rng, &style);
+        let mut covered = vec![false; (s.width * s.height) as usize];
+        for o in &s.objects {
+            for (c, m) in covered.iter_mut().zip(o.mask.decode_row_major()) {
+                *c |= m != 0;
+            }
+        }
+        let side = s.width as usize;
+        let mut checked = 0;
+        for (i, _) in covered.iter().enumerate().filter(|(_, &c)| !c) {
+            let (x, y) = ((i % side) as f64, (i / side) as f64);
+            let [r, g, b] = [0, 1, 2].map(|c| s.rgb[i * 3 + c] as f64);
+            let want = |t: f64| (30.0 * (2.0 * t / (side - 1) as f64 - 1.0)).round();
+            // The grey is 150..245, so only the brightest corner can clip at 255.
+            if g + 30.0 <= 255.0 {
+                assert_eq!((r - g, b - g), (want(x), want(y)), "pixel ({x}, {y})");
+                checked += 1;
+            }
+        }
+        assert!(checked > side * side / 2, "{checked}");
+        // Inside a shape: the same colour plus the ramp (where nothing clips).
+        let o = &s.objects[0];
+        let y = (o.bbox[1] + o.bbox[3] / 2.0) as usize;
+        let inside = o.mask.decode_row_major();
+        let row: Vec<usize> = (0..side).filter(|&x| inside[y * side + x] != 0).collect();
+        let (a, b) = (row[0], row[row.len() - 1]);
+        let red = |x: usize| s.rgb[(y * side + x) * 3] as i64;
+        let ramp = |x: usize| (30.0 * (2.0 * x as f64 / (side - 1) as f64 - 1.0)).round() as i64;
+        assert!(b > a, "{row:?}");
+        if (5..250).contains(&red(a)) && (5..250).contains(&red(b)) {
+            assert_eq!(red(b) - red(a), ramp(b) - ramp(a));
+        }
+    }
+
+    #[test]
+    fn styles_with_impossible_sizes_are_rejected() {
+        assert!(SceneStyle::default().validate().is_ok());
+        let too_big = SceneStyle {
+            large_side: (40, 120),
+            ..SceneStyle::default()
+        };
+        assert!(too_big.validate().unwrap_err().contains("large"));
+        let overlapping = SceneStyle {
+            small_side: (16, 44),
+            ..SceneStyle::default()
+        };
+        assert!(overlapping.validate().unwrap_err().contains("below"));
+    }
+
+    /// Larger size classes give larger shapes.
+    #[test]
+    fn size_ranges_are_honoured() {
+        let style = SceneStyle {
+            small_side: (24, 30),
+            large_side: (44, 52),
+            ..SceneStyle::default()
+        };
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..50 {
+            for o in generate_scene(&mut rng, &style).objects {
+                let (lo, hi) = style.side_range(o.size);
+                let side = o.bbox[2].max(o.bbox[3]);
+                assert!(side >= lo as f64 - 1.0 && side <= hi as f64 + 1.0, "{o:?}");
+            }
         }
     }
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Device script: a sweep of the CPU demo recipe (configs/demo_cpu.yaml) on one GPU, several runs
+# at once (the tiny model leaves the GPU mostly idle), to learn which initialisation scale,
+# learning rate, batch size and number of steps reach REC Acc@0.5 >= 0.8 (issue #7) before
+# spending ten CPU minutes per try. Needs .gpu/bin/padt-train.xz (CUDA build) and the model
+# directories .gpu/demo_init_<std>/ (data/demo/model with `initializer_range` = std at the top
+# level and in vision_config) made by demo_sweep_prepare.sh. Writes $OUT/<variant>/ (metrics,
+# eval) and $OUT/summary.txt.
+set -u
+OUT=${OUT:-/tmp/padt-sweep-out}
+LIMIT=${LIMIT:-480}
+mkdir -p "$OUT"
+source bench/gpu/env.sh > "$OUT/env.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+
+variant() {  # variant NAME INIT_STD EXTRA_SET...
+  local name=$1 std=$2; shift 2
+  local sets=()
+  for s in "$@"; do sets+=(--set "$s"); done
+  (
+    start=$(date +%s)
+    timeout --signal=INT --kill-after=10 "$LIMIT" /tmp/padt-train --config configs/demo_cpu.yaml \
+      --random-init --set model.path=.gpu/demo_init_$std --set training.devices=[cuda:0] \
+      --set logging.progress_bar=false --set checkpoint.every_steps=100000 "${sets[@]}" \
+      --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
+    rc=$?
+    cp "$OUT/$name/run/metrics.jsonl" "$OUT/$name/" 2>/dev/null
+    cp "$OUT/$name/run/eval_metrics.json" "$OUT/$name/" 2>/dev/null
+    cp "$OUT/$name/run/eval_predictions.jsonl" "$OUT/$name/" 2>/dev/null
+    rm -rf "$OUT/$name/run"
+    echo "$name rc $rc wall $(( $(date +%s) - start )) s: $(cat "$OUT/$name/eval_metrics.json" 2>/dev/null | tr -d '\n ' | head -c 300)" >> "$OUT/summary.txt"
+  ) &
+}
+
+case "${SWEEP:-1}" in
+1)  # 2026-11-26 first sweep: initialisation scale, learning rate, batch size, epochs.
+    variant i10 0.1
+    variant i05 0.05
+    variant i20 0.2
+    variant i10_lr3 0.1 optimizer.lr=3e-3
+    variant i10_b8 0.1 training.per_device_batch_size=8 training.global_batch_size=8
+    variant i10_e4 0.1 training.epochs=4
+    variant i02_e4 0.02 training.epochs=4
+    variant i10_e8 0.1 training.epochs=8
+    ;;
+2)  # Second sweep: scene styles made by padt-make-demo (.gpu/bin/padt-make-demo.xz, a CPU build) into /tmp/dv/<d>
+    # (d1: --background ramp; d2: --small-side 22-30 --large-side 40-52; d3: both), at the
+    # 592 steps of the CPU recipe unless stated.
+    # The shards are made here (the tree the device tool carries is limited to 64 MiB).
+    python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/bin/padt-make-demo.xz'), open('/tmp/padt-make-demo', 'wb'))"
+    chmod +x /tmp/padt-make-demo
+    /tmp/padt-make-demo --out /tmp/dv/d1 --background ramp > "$OUT/make_d1.log" 2>&1
+    /tmp/padt-make-demo --out /tmp/dv/d2 --small-side 22-30 --large-side 40-52 > "$OUT/make_d2.log" 2>&1
+    /tmp/padt-make-demo --out /tmp/dv/d3 --background ramp --small-side 22-30 --large-side 40-52 \
+      > "$OUT/make_d3.log" 2>&1
+    data() { echo data.datasets.0.shards=/tmp/dv/$1/shards/train evaluation.shards=/tmp/dv/$1/shards/val; }
+    steps=training.epochs=8
+    variant d1 0.1 $(data d1) $steps training.max_steps=592
+    variant d2 0.1 $(data d2) $steps training.max_steps=592
+    variant d3 0.1 $(data d3) $steps training.max_steps=592
+    variant d3_l1w5 0.1 $(data d3) $steps training.max_steps=592 loss.bbox_l1_weight=5.0 loss.bbox_giou_weight=2.0
+    variant d3_lr2 0.1 $(data d3) $steps training.max_steps=592 optimizer.lr=2e-3
+    variant d3_i05 0.05 $(data d3) $steps training.max_steps=592
+    variant d3_s1184 0.1 $(data d3) $steps training.max_steps=1184
+    variant d1_s1184 0.1 $(data d1) $steps training.max_steps=1184
+    ;;
+esac
+wait
+cat "$OUT/summary.txt"
