@@ -70,7 +70,8 @@ impl<B: Backend> RmsNorm<B> {
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x * (variance + self.eps).sqrt().recip();
         let weight = self.weight.val().cast(dtype).unsqueeze::<D>();
-        weight * normed.cast(dtype)
+        // Full tensor on the left: the CPU backend's shared-row broadcast fast path wants it so.
+        normed.cast(dtype) * weight
     }
 }
 

@@ -11,6 +11,11 @@ pub type GridThw = [usize; 3];
 
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = [-x₂, x₁]` (HF convention).
 ///
+/// Every elementwise product runs on contiguous tensors of one shape: the CPU backend's fast
+/// paths take only those (a broadcast or permuted operand falls back to a per-element strided
+/// walk, which dominated the demo's step time), so `x` and the tables are made contiguous
+/// first, and `rotate_half` is one small matmul instead of slices and a concatenation.
+///
 /// # Shapes
 /// - `x`: `[..., dim]`; `cos`, `sin`: broadcastable to `x`
 pub fn apply_rotary<B: Backend, const D: usize>(
@@ -18,12 +23,38 @@ pub fn apply_rotary<B: Backend, const D: usize>(
     cos: Tensor<B, D>,
     sin: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    let dim = x.dims()[D - 1];
-    let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
-    let x1 = x.clone().narrow(D - 1, 0, dim / 2);
-    let x2 = x.clone().narrow(D - 1, dim / 2, dim / 2);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], D - 1);
+    let shape = x.dims();
+    let dim = shape[D - 1];
+    let rows = x.shape().num_elements() / dim.max(1);
+    let x = contiguous(x);
+    let cos = contiguous(cos.cast(x.dtype()).expand(shape));
+    let sin = contiguous(sin.cast(x.dtype()).expand(shape));
+    let rotated = x
+        .clone()
+        .reshape([rows, dim])
+        .matmul(rotate_half_matrix::<B>(dim, &x.device()).cast(x.dtype()))
+        .reshape(shape);
     x * cos + rotated * sin
+}
+
+/// The `[dim, dim]` matrix `R` with `x · R = rotate_half(x) = [-x₂, x₁]`.
+fn rotate_half_matrix<B: Backend>(dim: usize, device: &B::Device) -> Tensor<B, 2> {
+    let half = dim / 2;
+    let mut r = vec![0f32; dim * dim];
+    for j in 0..half {
+        // output column j takes -x[j + half]; column j + half takes x[j]
+        r[(j + half) * dim + j] = -1.0;
+        r[j * dim + j + half] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(r, [dim, dim]), device)
+}
+
+/// `x` with a row-major contiguous layout (a copy only when it is a broadcast or permuted view):
+/// a reshape to one dimension cannot keep such a view's strides, so the backend copies it.
+pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let shape = x.dims();
+    let n = x.shape().num_elements();
+    x.reshape([n]).reshape(shape)
 }
 
 /// Inverse frequencies `1 / theta^(2i/dim)` for `i < dim/2`, computed in f32 as torch does.

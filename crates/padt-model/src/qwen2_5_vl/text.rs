@@ -74,14 +74,23 @@ impl<B: Backend> TextAttention<B> {
     ) -> Tensor<B, 3> {
         let [batch, len, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, head_dim]).swap_dims(1, 2);
-        let q = heads(self.q_proj.forward(x.clone()), self.num_heads);
-        let k = heads(self.k_proj.forward(x.clone()), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
-        let q = apply_rotary(q, cos.clone(), sin.clone());
-        let mut k = apply_rotary(k, cos, sin);
-        let mut v = v;
+        // Rotary on the projections' own (contiguous) `[batch, len, heads, head_dim]` layout,
+        // then heads first for the attention.
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, head_dim]);
+        let (cos, sin) = (cos.swap_dims(1, 2), sin.swap_dims(1, 2));
+        let q = apply_rotary(
+            heads(self.q_proj.forward(x.clone()), self.num_heads),
+            cos.clone(),
+            sin.clone(),
+        )
+        .swap_dims(1, 2);
+        let mut k = apply_rotary(
+            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
+            cos,
+            sin,
+        )
+        .swap_dims(1, 2);
+        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads).swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some(prev) = slot.take() {
                 k = Tensor::cat(vec![prev.keys, k], 2);
