@@ -20,7 +20,7 @@ variant() {  # variant NAME INIT_STD EXTRA_SET...
   (
     start=$(date +%s)
     timeout --signal=INT --kill-after=10 "$LIMIT" /tmp/padt-train --config configs/demo_cpu.yaml \
-      --random-init --set model.path=.gpu/demo_init_$std --set training.devices=[cuda:0] \
+      --random-init --set model.path=.gpu/demo_init_$std --set training.devices=[cuda:0] --set training.per_device_batch_size=16 \
       --set logging.progress_bar=false --set checkpoint.every_steps=100000 "${sets[@]}" \
       --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
     rc=$?

@@ -34,6 +34,7 @@ cp "$TMP/small/model/"* .gpu/demo_model/
 cp -r "$TMP/small/shards/train" .gpu/demo_shards
 "$T/release/padt-train" --config configs/demo_cpu.yaml --set model.path=.gpu/demo_model \
   --set data.datasets.0.shards=.gpu/demo_shards \
+  --set "training.devices=[cpu]" --set training.per_device_batch_size=16 \
   --set training.max_steps=20 --set logging.every_steps=1 --set logging.progress_bar=false \
   --set evaluation.shards=null --output-dir "$TMP/cpu20"
 cp "$TMP/cpu20/metrics.jsonl" .gpu/demo_cpu20_metrics.jsonl

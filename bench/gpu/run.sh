@@ -39,13 +39,13 @@ SMI=$!
 # 1. Same weights and data as the CPU run in .gpu/demo_cpu20_metrics.jsonl.
 stage demo20 60 $BIN/padt-train --config configs/demo_cpu.yaml --set model.path=.gpu/demo_model \
   --set data.datasets.0.shards=.gpu/demo_shards \
-  --set training.devices=[cuda:0] --set training.max_steps=20 --set logging.every_steps=1 \
+  --set training.devices=[cuda:0] --set training.per_device_batch_size=16 --set training.max_steps=20 --set logging.every_steps=1 \
   --set logging.progress_bar=false --set evaluation.shards=null --output-dir "$OUT/demo20"
 cp "$OUT/demo20/metrics.jsonl" "$LOG/demo20_metrics.jsonl" 2>/dev/null
 
 # 2. The README demo command, on the GPU.
 stage demo_full 120 $BIN/padt-train --config configs/demo_cpu.yaml --random-init \
-  --set training.devices=[cuda:0] --set logging.progress_bar=false --output-dir "$OUT/demo_full"
+  --set training.devices=[cuda:0] --set training.per_device_batch_size=16 --set logging.progress_bar=false --output-dir "$OUT/demo_full"
 cp "$OUT/demo_full/metrics.jsonl" "$LOG/demo_full_metrics.jsonl" 2>/dev/null
 cp "$OUT/demo_full/eval_metrics.json" "$LOG/demo_full_eval_metrics.json" 2>/dev/null
 

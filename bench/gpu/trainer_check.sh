@@ -8,7 +8,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 ldconfig -p | grep -i -E "libnccl|libnvrtc" | head -5
 echo "== check-nccl cuda:0"
 timeout 90 $B --check-nccl cuda:0; echo "check-nccl rc=$?"
-common=(--config configs/demo_cpu.yaml --random-init --set "training.devices=[cuda:0]"
+common=(--config configs/demo_cpu.yaml --random-init --set "training.devices=[cuda:0]" --set training.per_device_batch_size=16
   --set training.max_steps=10 --set evaluation.shards=null --set logging.progress_bar=false
   --set logging.every_steps=1 --set checkpoint.every_steps=1000 --set checkpoint.save_final=false)
 for v in plain ckpt; do
