@@ -160,11 +160,8 @@ fn samples(dir: &Path, tokenizer_dir: &Path, seconds: f64, loader_only: bool) {
     }
     // The same with the pure-Rust decoders instead of the default libjpeg-turbo (not
     // bit-identical to Pillow in every pixel; see bench/pipeline.md), for the decoder's share.
-    for kind in [JpegDecoderKind::JpegDecoder, JpegDecoderKind::ZuneJpeg] {
-        let other = DecodeOptions {
-            jpeg_decoder: kind,
-            ..DecodeOptions::default()
-        };
+    for kind in ALL_DECODERS.into_iter().skip(1) {
+        let other = decoder_options(kind);
         let full_other = rate(seconds, |i| {
             let k = i % n;
             black_box(
@@ -283,15 +280,8 @@ fn images(dir: &Path, seconds: f64) {
     let n = blobs.len();
     let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
     println!("files {n}");
-    for kind in [
-        JpegDecoderKind::LibjpegTurbo,
-        JpegDecoderKind::JpegDecoder,
-        JpegDecoderKind::ZuneJpeg,
-    ] {
-        let options = DecodeOptions {
-            jpeg_decoder: kind,
-            ..DecodeOptions::default()
-        };
+    for kind in ALL_DECODERS {
+        let options = decoder_options(kind);
         let full = rate(seconds, |i| {
             black_box(
                 processor
@@ -327,18 +317,26 @@ fn images(dir: &Path, seconds: f64) {
     }
 }
 
+/// Every JPEG decoder, the default (libjpeg-turbo) first.
+const ALL_DECODERS: [JpegDecoderKind; 3] = [
+    JpegDecoderKind::LibjpegTurbo,
+    JpegDecoderKind::JpegDecoder,
+    JpegDecoderKind::ZuneJpeg,
+];
+
+/// The default decode options with JPEG decoder `kind`.
+fn decoder_options(kind: JpegDecoderKind) -> DecodeOptions {
+    DecodeOptions {
+        jpeg_decoder: kind,
+        ..DecodeOptions::default()
+    }
+}
+
 /// Each image stage alone: decode per decoder, bicubic resize, normalise + patchify.
 fn image_stages(blobs: &[Vec<u8>], processor: &ImageProcessor, seconds: f64) {
     let n = blobs.len();
-    for kind in [
-        JpegDecoderKind::LibjpegTurbo,
-        JpegDecoderKind::JpegDecoder,
-        JpegDecoderKind::ZuneJpeg,
-    ] {
-        let options = DecodeOptions {
-            jpeg_decoder: kind,
-            ..DecodeOptions::default()
-        };
+    for kind in ALL_DECODERS {
+        let options = decoder_options(kind);
         let decode = rate(seconds, |i| {
             black_box(decode_image(&blobs[i % n], "bench", &options).unwrap());
         });

@@ -258,6 +258,36 @@ fn png_dimensions(bytes: &[u8]) -> Option<(usize, usize)> {
     Some((w, h))
 }
 
+/// Builds the [`ImageError::Decode`] of image `name` in `format` from a reason.
+fn decode_error<'a>(name: &'a str, format: &'static str) -> impl Fn(String) -> ImageError + 'a {
+    move |reason| ImageError::Decode {
+        name: name.to_string(),
+        format,
+        reason,
+    }
+}
+
+impl DecodedImage {
+    /// An image of `width × height` RGB bytes decoded from a `mode` source.
+    fn new(
+        width: usize,
+        height: usize,
+        data: Vec<u8>,
+        alpha: Option<Vec<u8>>,
+        mode: SourceMode,
+    ) -> Self {
+        Self {
+            rgb: RgbImage {
+                width,
+                height,
+                data,
+            },
+            alpha,
+            mode,
+        }
+    }
+}
+
 fn decode_jpeg_libjpeg_turbo(
     bytes: &[u8],
     name: &str,
@@ -266,11 +296,7 @@ fn decode_jpeg_libjpeg_turbo(
     let decoded = libjpeg_turbo::decode(
         bytes,
         |width, height| check_dimensions(name, width, height, options),
-        |reason| ImageError::Decode {
-            name: name.to_string(),
-            format: "JPEG",
-            reason,
-        },
+        decode_error(name, "JPEG"),
     )?;
     let (width, height, data, mode) = match decoded {
         libjpeg_turbo::Decoded::Rgb {
@@ -287,15 +313,7 @@ fn decode_jpeg_libjpeg_turbo(
         // conversion already reproduce; these files are rare.
         libjpeg_turbo::Decoded::Cmyk => return decode_jpeg_jpeg_decoder(bytes, name, options),
     };
-    Ok(DecodedImage {
-        rgb: RgbImage {
-            width,
-            height,
-            data,
-        },
-        alpha: None,
-        mode,
-    })
+    Ok(DecodedImage::new(width, height, data, None, mode))
 }
 
 fn decode_jpeg_jpeg_decoder(
@@ -303,11 +321,7 @@ fn decode_jpeg_jpeg_decoder(
     name: &str,
     options: &DecodeOptions,
 ) -> Result<DecodedImage, ImageError> {
-    let decode_err = |reason: String| ImageError::Decode {
-        name: name.to_string(),
-        format: "JPEG",
-        reason,
-    };
+    let decode_err = decode_error(name, "JPEG");
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.read_info().map_err(|e| decode_err(e.to_string()))?;
     let info = decoder
@@ -335,15 +349,7 @@ fn decode_jpeg_jpeg_decoder(
             ))
         }
     };
-    Ok(DecodedImage {
-        rgb: RgbImage {
-            width,
-            height,
-            data,
-        },
-        alpha: None,
-        mode,
-    })
+    Ok(DecodedImage::new(width, height, data, None, mode))
 }
 
 fn decode_with_image_crate(
@@ -354,11 +360,7 @@ fn decode_with_image_crate(
     palette: bool,
     options: &DecodeOptions,
 ) -> Result<DecodedImage, ImageError> {
-    let decode_err = |reason: String| ImageError::Decode {
-        name: name.to_string(),
-        format: format_name,
-        reason,
-    };
+    let decode_err = decode_error(name, format_name);
     // Refuse oversized images before spending memory on them.
     let (w, h) = if format == image::ImageFormat::Png {
         png_dimensions(bytes).ok_or_else(|| decode_err("missing IHDR chunk".to_string()))?
@@ -418,15 +420,7 @@ fn decode_with_image_crate(
     } else {
         (alpha, mode)
     };
-    Ok(DecodedImage {
-        rgb: RgbImage {
-            width,
-            height,
-            data,
-        },
-        alpha,
-        mode,
-    })
+    Ok(DecodedImage::new(width, height, data, alpha, mode))
 }
 
 fn gray_to_rgb(gray: &[u8]) -> Vec<u8> {
