@@ -449,31 +449,30 @@ impl<B: Backend> PadtDecoder<B> {
     /// `initializer_range`), zero biases, unit norms.
     pub fn new(config: &PadtDecoderConfig, init_std: f64, device: &B::Device) -> Self {
         let d = config.hidden_size;
-        let std = init_std;
-        let block = || DecoderBlock::new(config, std, device);
+        let block = || DecoderBlock::new(config, init_std, device);
         let mask = config.use_mask_loss;
         Self {
-            vp_embedding: Embedding::new(1, d, std, device),
-            bbox_score_mask_tokens: Embedding::new(NUM_SPECIAL_TOKENS, d, std, device),
+            vp_embedding: Embedding::new(1, d, init_std, device),
+            bbox_score_mask_tokens: Embedding::new(NUM_SPECIAL_TOKENS, d, init_std, device),
             input_projection: InputProjection {
                 norm: RmsNorm::new(config.llm_hidden_state, NORM_EPS, device),
-                fc1: Linear::new(config.llm_hidden_state, d, true, std, device),
-                fc2: Linear::new(d, d, true, std, device),
+                fc1: Linear::new(config.llm_hidden_state, d, true, init_std, device),
+                fc2: Linear::new(d, d, true, init_std, device),
             },
             low_res_transformer: block(),
             high_res_transformer1: block(),
             high_res_transformer2: block(),
             high_res_norm: RmsNorm::new(d, NORM_EPS, device),
-            bbox_prediction: Mlp3::new(d, 4, std, device),
-            score_prediction: Linear::new(d, 1, true, std, device),
+            bbox_prediction: Mlp3::new(d, 4, init_std, device),
+            score_prediction: Linear::new(d, 1, true, init_std, device),
             mask_output_upscaling1: mask.then(|| Upscaling1 {
-                fc: Linear::new(d, d / 4 * 4, true, std, device),
+                fc: Linear::new(d, d / 4 * 4, true, init_std, device),
                 norm: RmsNorm::new(d / 4 * 4, NORM_EPS, device),
             }),
             mask_output_upscaling2: mask.then(|| Upscaling2 {
-                fc: Linear::new(d / 4, d / 16 * 4, true, std, device),
+                fc: Linear::new(d / 4, d / 16 * 4, true, init_std, device),
             }),
-            mask_output_mlp: mask.then(|| Mlp3::new(d, d / 16, std, device)),
+            mask_output_mlp: mask.then(|| Mlp3::new(d, d / 16, init_std, device)),
             spatial_merge_size: config.spatial_merge_size,
             raster_high_res: config.high_res_order == HighResOrder::Raster,
         }

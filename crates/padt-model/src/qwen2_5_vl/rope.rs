@@ -51,7 +51,7 @@ fn rotate_half_matrix<B: Backend>(dim: usize, device: &B::Device) -> Tensor<B, 2
 
 /// `x` with a row-major contiguous layout (a copy only when it is a broadcast or permuted view):
 /// a reshape to one dimension cannot keep such a view's strides, so the backend copies it.
-pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let shape = x.dims();
     let n = x.shape().num_elements();
     x.reshape([n]).reshape(shape)
