@@ -2,55 +2,64 @@
 //! padding, grouped-query) and the PaDT decoder all call [`attention`] (directly or through
 //! [`varlen_attention`]), so a fused kernel can replace it in this one place.
 //!
-//! Softmax statistics are computed in f32 whatever the compute dtype. Masked scores are set to
-//! the most negative finite f32 (as transformers' eager attention does), so a fully masked row
-//! (a padding query) gives a uniform distribution instead of NaN.
+//! Softmax statistics are computed in f32 whatever the compute dtype. Masking is an additive
+//! f32 bias: 0 where a key is visible, the most negative finite f32 where it is masked (the
+//! value transformers' eager attention fills in), so a fully masked row (a padding query) gives
+//! a uniform distribution instead of NaN. Callers build the bias once per forward at the full
+//! score shape: adding a same-shape contiguous tensor is the CPU backend's fast elementwise path
+//! and has a free backward, where a `mask_fill` with a head-broadcast mask walked every element
+//! one by one, forward and backward.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+
+/// The bias value of a masked key (added to its score).
+pub const MASKED: f32 = f32::MIN;
 
 /// Scaled dot-product attention with grouped-query heads.
+///
+/// Grouped-query attention folds each group of query heads into the query axis (`[batch,
+/// kv_heads, group * q_len, head_dim]`) instead of copying every kv head `group` times, so the
+/// kv heads are used where they are.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, q_len, head_dim]`
 /// - `k`, `v`: `[batch, kv_heads, k_len, head_dim]`, `heads % kv_heads == 0` (GQA: each kv head
 ///   serves `heads / kv_heads` consecutive query heads)
-/// - `mask`: `[batch, 1 | heads, q_len, k_len]`, `true` = masked out
+/// - `bias`: `[batch, heads, q_len, k_len]` additive ([`MASKED`] = masked out)
 /// - returns `[batch, heads, q_len, head_dim]`
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4, Bool>>,
+    bias: Option<Tensor<B, 4>>,
     scale: f64,
 ) -> Tensor<B, 4> {
-    let [batch, heads, q_len, _] = q.dims();
-    let kv_heads = k.dims()[1];
-    let k_len = k.dims()[2];
-    let k = repeat_kv(k, heads / kv_heads);
-    let v = repeat_kv(v, heads / kv_heads);
+    let [batch, heads, q_len, head_dim] = q.dims();
+    let [_, kv_heads, k_len, _] = k.dims();
+    let group = heads / kv_heads;
     let dtype = q.dtype();
-    let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) * scale;
-    let scores = match mask {
-        Some(mask) => scores.mask_fill(mask.expand([batch, heads, q_len, k_len]), f32::MIN),
+    let q = if group == 1 {
+        q
+    } else {
+        q.reshape([batch, kv_heads, group * q_len, head_dim])
+    };
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .reshape([batch, heads, q_len, k_len])
+        .cast(DType::F32)
+        * scale;
+    let scores = match bias {
+        Some(bias) => scores + bias,
         None => scores,
     };
     let probs = softmax(scores, 3).cast(dtype);
-    probs.matmul(v)
-}
-
-/// Repeats each kv head `times` times along the head axis.
-///
-/// # Shapes
-/// - `x`: `[batch, kv_heads, len, dim]` → `[batch, kv_heads * times, len, dim]`
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, times: usize) -> Tensor<B, 4> {
-    if times == 1 {
-        return x;
-    }
-    let [batch, kv_heads, len, dim] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, kv_heads, times, len, dim])
-        .reshape([batch, kv_heads * times, len, dim])
+    let probs = if group == 1 {
+        probs
+    } else {
+        probs.reshape([batch, kv_heads, group * q_len, k_len])
+    };
+    probs.matmul(v).reshape([batch, heads, q_len, head_dim])
 }
 
 /// Non-causal attention over packed sequences: token rows `cu_seqlens[i]..cu_seqlens[i+1]`
@@ -134,13 +143,15 @@ pub fn varlen_cross_attention<B: Backend>(
     };
     let q_idx = to_tensor(gather(cu_q, &q_lens, max_q));
     let k_idx = to_tensor(gather(cu_k, &k_lens, max_k));
-    let mut pad = Vec::with_capacity(n_seq * max_k);
+    // Key padding as an additive bias at the full score shape (see the module docs).
+    let mut pad = Vec::with_capacity(n_seq * heads * max_q * max_k);
     for &len in &k_lens {
-        pad.extend((0..max_k).map(|j| j >= len));
+        for _ in 0..heads * max_q {
+            pad.extend((0..max_k).map(|j| if j >= len { MASKED } else { 0.0 }));
+        }
     }
     let key_pad =
-        Tensor::<B, 4, Bool>::from_data(TensorData::new(pad, [n_seq, 1, 1, max_k]), &device)
-            .expand([n_seq, 1, max_q, max_k]);
+        Tensor::<B, 4>::from_data(TensorData::new(pad, [n_seq, heads, max_q, max_k]), &device);
     let batch = |x: Tensor<B, 3>, idx: Tensor<B, 1, Int>, len: usize| {
         x.select(0, idx)
             .reshape([n_seq, len, heads, head_dim])

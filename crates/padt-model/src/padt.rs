@@ -391,8 +391,38 @@ impl<B: Backend> PadtModel<B> {
     /// # Shapes
     /// - returns `[n_images, V + ΣNm]`
     pub fn logit_mask(&self, grids: &[GridThw], device: &B::Device) -> Tensor<B, 2, Bool> {
+        let width = self.vocab_size() + self.vrt_counts(grids).iter().sum::<usize>();
+        let mask = self.logit_mask_rows(grids);
+        Tensor::from_data(TensorData::new(mask, [grids.len(), width]), device)
+    }
+
+    /// [`Self::logit_mask`] as an additive bias (`-inf` = forbidden), each image's row repeated
+    /// for `rows` positions: built on the host at the logits' full shape, so masking is a
+    /// contiguous add with a free backward.
+    ///
+    /// # Shapes
+    /// - returns `[n_images, rows, V + ΣNm]`
+    pub fn logit_bias(&self, grids: &[GridThw], rows: usize, device: &B::Device) -> Tensor<B, 3> {
+        let width = self.vocab_size() + self.vrt_counts(grids).iter().sum::<usize>();
+        let mask = self.logit_mask_rows(grids);
+        let mut bias = Vec::with_capacity(grids.len() * rows * width);
+        for row in mask.chunks(width.max(1)) {
+            for _ in 0..rows {
+                bias.extend(row.iter().map(|&m| if m { f32::NEG_INFINITY } else { 0.0 }));
+            }
+        }
+        Tensor::from_data(TensorData::new(bias, [grids.len(), rows, width]), device)
+    }
+
+    /// Merged-token (VRT) count of each image.
+    fn vrt_counts(&self, grids: &[GridThw]) -> Vec<usize> {
         let merge = self.qwen.config.vision_config.spatial_merge_size.pow(2);
-        let counts: Vec<usize> = grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect();
+        grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect()
+    }
+
+    /// The rows of [`Self::logit_mask`], flat.
+    fn logit_mask_rows(&self, grids: &[GridThw]) -> Vec<bool> {
+        let counts = self.vrt_counts(grids);
         let total: usize = counts.iter().sum();
         let v = self.vocab_size();
         let width = v + total;
@@ -404,7 +434,7 @@ impl<B: Backend> PadtModel<B> {
             }
             start += n;
         }
-        Tensor::from_data(TensorData::new(mask, [grids.len(), width]), device)
+        mask
     }
 
     /// The decoder's high-res features and rotary `(cos, sin)`, in the order its
@@ -494,11 +524,7 @@ impl<B: Backend> PadtModel<B> {
             .matmul(classifier.cast(hidden.dtype()).transpose())
             .cast(burn::tensor::DType::F32)
             .reshape([batch, completion_len, width]);
-        let mask = self
-            .logit_mask(&input.image_grid_thw, &device)
-            .unsqueeze_dim::<3>(1)
-            .expand([batch, completion_len, width]);
-        let logits = logits.mask_fill(mask, f32::NEG_INFINITY);
+        let logits = logits + self.logit_bias(&input.image_grid_thw, completion_len, &device);
 
         // Objects: runs of VRTs in the completions; features = hidden state predicting each VRT
         // (the row of `hidden` at the VRT's completion position), or its prototype (warm-up).

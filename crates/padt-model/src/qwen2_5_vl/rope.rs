@@ -2,7 +2,7 @@
 //! M-RoPE (t/h/w positions from `get_rope_index`). Positions, windows and cos/sin tables are
 //! computed on the host (they depend only on token ids and image grids) and uploaded once.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
 
@@ -14,7 +14,8 @@ pub type GridThw = [usize; 3];
 /// Every elementwise product runs on contiguous tensors of one shape: the CPU backend's fast
 /// paths take only those (a broadcast or permuted operand falls back to a per-element strided
 /// walk, which dominated the demo's step time), so `x` and the tables are made contiguous
-/// first, and `rotate_half` is one small matmul instead of slices and a concatenation.
+/// first, and `rotate_half` is one small matmul instead of slices and a concatenation. Callers
+/// that rotate several tensors of one shape (every layer of the LLM) build a [`Rotary`] once.
 ///
 /// # Shapes
 /// - `x`: `[..., dim]`; `cos`, `sin`: broadcastable to `x`
@@ -23,18 +24,46 @@ pub fn apply_rotary<B: Backend, const D: usize>(
     cos: Tensor<B, D>,
     sin: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    let shape = x.dims();
-    let dim = shape[D - 1];
-    let rows = x.shape().num_elements() / dim.max(1);
-    let x = contiguous(x);
-    let cos = contiguous(cos.cast(x.dtype()).expand(shape));
-    let sin = contiguous(sin.cast(x.dtype()).expand(shape));
-    let rotated = x
-        .clone()
-        .reshape([rows, dim])
-        .matmul(rotate_half_matrix::<B>(dim, &x.device()).cast(x.dtype()))
-        .reshape(shape);
-    x * cos + rotated * sin
+    Rotary::new(cos, sin, x.dims(), x.dtype()).apply(contiguous(x))
+}
+
+/// Rotary tables expanded to one tensor shape, contiguous and in the compute dtype, with the
+/// rotate-half matrix: built once, applied to every tensor of that shape.
+#[derive(Debug, Clone)]
+pub struct Rotary<B: Backend, const D: usize> {
+    cos: Tensor<B, D>,
+    sin: Tensor<B, D>,
+    rotate_half: Tensor<B, 2>,
+}
+
+impl<B: Backend, const D: usize> Rotary<B, D> {
+    /// # Shapes
+    /// - `cos`, `sin`: broadcastable to `shape` (`[..., dim]`)
+    pub fn new(cos: Tensor<B, D>, sin: Tensor<B, D>, shape: [usize; D], dtype: DType) -> Self {
+        let device = cos.device();
+        Self {
+            cos: contiguous(cos.cast(dtype).expand(shape)),
+            sin: contiguous(sin.cast(dtype).expand(shape)),
+            rotate_half: rotate_half_matrix::<B>(shape[D - 1], &device).cast(dtype),
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin`; `x` should be contiguous (a permuted view is walked
+    /// element by element in the products and their backward).
+    ///
+    /// # Shapes
+    /// - `x`: the shape the tables were built for
+    pub fn apply(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let shape = x.dims();
+        let dim = shape[D - 1];
+        let rows = x.shape().num_elements() / dim.max(1);
+        let rotated = x
+            .clone()
+            .reshape([rows, dim])
+            .matmul(self.rotate_half.clone())
+            .reshape(shape);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
 }
 
 /// The `[dim, dim]` matrix `R` with `x · R = rotate_half(x) = [-x₂, x₁]`.
@@ -55,6 +84,19 @@ fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let shape = x.dims();
     let n = x.shape().num_elements();
     x.reshape([n]).reshape(shape)
+}
+
+/// `x.swap_dims(1, 2)` as a new contiguous tensor, made by multiplying the swapped view with
+/// the identity: the CPU backend's matmul reads strided operands at full speed, where its
+/// copy of a permuted 4-D view walks element by element.
+///
+/// # Shapes
+/// - `x`: `[a, b, c, dim]` → `[a, c, b, dim]`
+pub fn swap_dims_1_2_contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dim = x.dims()[3];
+    let device = x.device();
+    let eye = Tensor::<B, 2>::eye(dim, &device).cast(x.dtype());
+    x.swap_dims(1, 2).matmul(eye.unsqueeze::<4>())
 }
 
 /// Inverse frequencies `1 / theta^(2i/dim)` for `i < dim/2`, computed in f32 as torch does.

@@ -2,12 +2,12 @@
 //! attention (q/k/v biases) and M-RoPE, final RMSNorm, and a KV cache for generation.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::Qwen2_5VlConfig;
-use super::rope::{apply_rotary, mrope_tables, MropePositions};
+use super::rope::{mrope_tables, swap_dims_1_2_contiguous, MropePositions, Rotary};
 use super::vision::GatedMlp;
-use crate::attention::attention;
+use crate::attention::{attention, MASKED};
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, Linear, RmsNorm};
 
@@ -59,38 +59,45 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Per-forward inputs every decoder layer shares: rotary tables for the query and key shapes
+/// and the attention bias, built once in [`TextModel::forward`].
+#[derive(Debug, Clone)]
+pub struct LayerContext<B: Backend> {
+    /// Rotary for `[batch, heads, len, head_dim]`.
+    pub rotary_q: Rotary<B, 4>,
+    /// Rotary for `[batch, kv_heads, len, head_dim]`.
+    pub rotary_k: Rotary<B, 4>,
+    /// `[batch, heads, len, cached + len]`: 0 = visible, [`MASKED`] = masked.
+    pub bias: Tensor<B, 4>,
+}
+
 impl<B: Backend> TextAttention<B> {
     /// # Shapes
-    /// - `x`: `[batch, len, hidden]`; `cos`, `sin`: `[batch, 1, len, head_dim]`
-    /// - `mask`: `[batch, 1, len, cached + len]`, true = masked
-    /// - returns `[batch, len, hidden]`
+    /// - `x`: `[batch, len, hidden]` → `[batch, len, hidden]`; `context` as built for them
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
-        mask: Tensor<B, 4, Bool>,
+        context: &LayerContext<B>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [batch, len, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        // Rotary on the projections' own (contiguous) `[batch, len, heads, head_dim]` layout,
-        // then heads first for the attention.
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, len, n, head_dim]);
-        let (cos, sin) = (cos.swap_dims(1, 2), sin.swap_dims(1, 2));
-        let q = apply_rotary(
-            heads(self.q_proj.forward(x.clone()), self.num_heads),
-            cos.clone(),
-            sin.clone(),
-        )
-        .swap_dims(1, 2);
-        let mut k = apply_rotary(
-            heads(self.k_proj.forward(x.clone()), self.num_kv_heads),
-            cos,
-            sin,
-        )
-        .swap_dims(1, 2);
-        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads).swap_dims(1, 2);
+        // Heads first as contiguous tensors, then rotary: the products and their backward run
+        // on same-shape contiguous operands, and q needs no copy for grouped-query attention.
+        let heads = |t: Tensor<B, 3>, n: usize| {
+            swap_dims_1_2_contiguous(t.reshape([batch, len, n, head_dim]))
+        };
+        let q = context
+            .rotary_q
+            .apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let mut k = context
+            .rotary_k
+            .apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
+        let mut v = self
+            .v_proj
+            .forward(x)
+            .reshape([batch, len, self.num_kv_heads, head_dim])
+            .swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some(prev) = slot.take() {
                 k = Tensor::cat(vec![prev.keys, k], 2);
@@ -102,9 +109,9 @@ impl<B: Backend> TextAttention<B> {
             });
         }
         let scale = (head_dim as f64).powf(-0.5);
-        let out = attention(q, k, v, Some(mask), scale);
+        let out = attention(q, k, v, Some(context.bias.clone()), scale);
         self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([batch, len, hidden]))
+            .forward(swap_dims_1_2_contiguous(out).reshape([batch, len, hidden]))
     }
 }
 
@@ -143,18 +150,12 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
-        mask: Tensor<B, 4, Bool>,
+        context: &LayerContext<B>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(
-            self.input_layernorm.forward(x.clone()),
-            cos,
-            sin,
-            mask,
-            cache,
-        );
+        let attn = self
+            .self_attn
+            .forward(self.input_layernorm.forward(x.clone()), context, cache);
         let x = x + attn;
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
@@ -243,7 +244,6 @@ impl<B: Backend> TextModel<B> {
                 )));
             }
         }
-        let mask = causal_padding_mask::<B>(batch, len, past, attention_mask, &device);
         let (cos, sin) = mrope_tables::<B>(
             positions,
             self.head_dim,
@@ -252,6 +252,17 @@ impl<B: Backend> TextModel<B> {
             &device,
         );
         let (cos, sin) = (cos.unsqueeze_dim::<4>(1), sin.unsqueeze_dim::<4>(1));
+        let (heads, kv_heads) = match self.layers.first() {
+            Some(layer) => (layer.self_attn.num_heads, layer.self_attn.num_kv_heads),
+            None => (1, 1),
+        };
+        let dtype = inputs_embeds.dtype();
+        let shape = |n: usize| [batch, n, len, self.head_dim];
+        let context = LayerContext {
+            rotary_q: Rotary::new(cos.clone(), sin.clone(), shape(heads), dtype),
+            rotary_k: Rotary::new(cos, sin, shape(kv_heads), dtype),
+            bias: causal_padding_bias::<B>(batch, heads, len, past, attention_mask, &device),
+        };
 
         let mut hidden_states = Vec::new();
         let mut x = inputs_embeds;
@@ -260,7 +271,7 @@ impl<B: Backend> TextModel<B> {
                 hidden_states.push(x.clone());
             }
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, cos.clone(), sin.clone(), mask.clone(), slot);
+            x = layer.forward(x, &context, slot);
         }
         let last_hidden = self.norm.forward(x);
         if output_hidden_states {
@@ -273,24 +284,31 @@ impl<B: Backend> TextModel<B> {
     }
 }
 
-/// `[batch, 1, len, past + len]`, true where query `past + i` must not see key `j`: `j` is in
-/// its future or `attention_mask[b][j]` is false.
-fn causal_padding_mask<B: Backend>(
+/// `[batch, heads, len, past + len]` attention bias: [`MASKED`] where query `past + i` must not
+/// see key `j` (`j` is in its future or `attention_mask[b][j]` is false), 0 elsewhere. Built on
+/// the host at the full score shape (see [`crate::attention`]).
+fn causal_padding_bias<B: Backend>(
     batch: usize,
+    heads: usize,
     len: usize,
     past: usize,
     attention_mask: Option<&[Vec<bool>]>,
     device: &B::Device,
-) -> Tensor<B, 4, Bool> {
+) -> Tensor<B, 4> {
     let total = past + len;
-    let mut data = Vec::with_capacity(batch * len * total);
+    let mut data = Vec::with_capacity(batch * heads * len * total);
     for b in 0..batch {
+        let start = data.len();
         for i in 0..len {
             for j in 0..total {
                 let padded = attention_mask.is_some_and(|m| !m[b][j]);
-                data.push(j > past + i || padded);
+                data.push(if j > past + i || padded { MASKED } else { 0.0 });
             }
         }
+        // The same rows for every head.
+        for _ in 1..heads {
+            data.extend_from_within(start..start + len * total);
+        }
     }
-    Tensor::from_data(TensorData::new(data, [batch, 1, len, total]), device)
+    Tensor::from_data(TensorData::new(data, [batch, heads, len, total]), device)
 }
