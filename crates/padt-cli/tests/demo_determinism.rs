@@ -16,6 +16,7 @@ fn args(out: &Path, seed: u64) -> DemoArgs {
         background: padt_cli::demo::scene::Background::Ramp,
         small_side: (16, 22),
         large_side: (32, 42),
+        ramp_swing: 30,
         weights: true,
     }
 }

@@ -49,6 +49,7 @@ fn every_sentence_names_exactly_its_object() {
         background: padt_cli::demo::scene::Background::Ramp,
         small_side: (20, 28),
         large_side: (36, 48),
+        ramp_swing: 30,
         weights: false,
     })
     .unwrap();

@@ -17,13 +17,12 @@ fn committed() -> PathBuf {
 }
 
 /// The committed files (everything but the ignored `raw/`).
-const COMMITTED: [&str; 15] = [
+const COMMITTED: [&str; 14] = [
     "README.md",
     ".gitignore",
     "shards/train/manifest.json",
     "shards/train/shard-00000.parquet",
     "shards/train/shard-00001.parquet",
-    "shards/train/shard-00002.parquet",
     "shards/val/manifest.json",
     "shards/val/shard-00000.parquet",
     "model/config.json",
@@ -50,6 +49,12 @@ fn default_args(out: &Path) -> DemoArgs {
 fn committed_folder_is_what_the_generator_writes() {
     let d = tempfile::tempdir().unwrap();
     make_demo(&default_args(d.path())).unwrap();
+    // No more shards than listed either.
+    let extra = d.path().join("shards/train/shard-00002.parquet");
+    assert!(
+        !extra.exists(),
+        "the generator writes a third train shard: list it"
+    );
     for f in COMMITTED {
         let fresh = d.path().join(f);
         let have = committed().join(f);

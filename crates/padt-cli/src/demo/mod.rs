@@ -60,11 +60,14 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = Background::Ramp)]
     pub background: Background,
     /// Pixel side range `LOW-HIGH` of small shapes.
-    #[arg(long, default_value = "22-30", value_parser = parse_side_range)]
+    #[arg(long, default_value = "26-34", value_parser = parse_side_range)]
     pub small_side: (i64, i64),
     /// Pixel side range `LOW-HIGH` of large shapes.
-    #[arg(long, default_value = "40-52", value_parser = parse_side_range)]
+    #[arg(long, default_value = "42-54", value_parser = parse_side_range)]
     pub large_side: (i64, i64),
+    /// Half swing of the `ramp` background's colour ramps, in levels (0-127).
+    #[arg(long, default_value_t = scene::DEFAULT_RAMP_SWING)]
+    pub ramp_swing: i64,
     /// Also write seeded random weights `model/model.safetensors` (about 7 MB; without them,
     /// train with `padt-train --random-init`, which draws the same initialisation).
     #[arg(long)]
@@ -91,6 +94,7 @@ impl DemoArgs {
             background: self.background,
             small_side: self.small_side,
             large_side: self.large_side,
+            ramp_swing: self.ramp_swing,
         }
     }
 }
@@ -130,7 +134,7 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
     }
     a.style()
         .validate()
-        .map_err(|e| anyhow::anyhow!("--small-side / --large-side: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("--small-side / --large-side / --ramp-swing: {e}"))?;
     let out = &a.out;
     let refer_dir = out.join("raw").join("refer");
     let images_dir = out.join("raw").join("images");
@@ -191,6 +195,7 @@ pub fn make_demo(a: &DemoArgs) -> anyhow::Result<DemoSummary> {
                 "large_side".to_string(),
                 json!([a.large_side.0, a.large_side.1]),
             ),
+            ("ramp_swing".to_string(), json!(a.ramp_swing)),
             ("refer_dir".to_string(), json!("raw/refer")),
             ("split_by".to_string(), json!("unc")),
             ("images".to_string(), json!("raw/images")),
@@ -268,7 +273,7 @@ fn readme(a: &DemoArgs, s: &DemoSummary) -> String {
     text.push_str(&format!(
         "    padt-make-demo --seed {} --out <this folder> --train-images {} --val-images {} \
          --train-sentences-per-ref {} --shard-size {} --background {} --small-side {}-{} \
-         --large-side {}-{}{}\n\n",
+         --large-side {}-{} --ramp-swing {}{}\n\n",
         a.seed,
         a.train_images,
         a.val_images,
@@ -279,6 +284,7 @@ fn readme(a: &DemoArgs, s: &DemoSummary) -> String {
         a.small_side.1,
         a.large_side.0,
         a.large_side.1,
+        a.ramp_swing,
         if a.weights { " --weights" } else { "" }
     ));
     text.push_str("| split | images | refs | records | shard bytes |\n|---|---|---|---|---|\n");

@@ -130,6 +130,9 @@ pub struct SceneStyle {
     pub small_side: (i64, i64),
     /// Inclusive range of a large shape's box side in pixels.
     pub large_side: (i64, i64),
+    /// Half the swing of the [`Background::Ramp`] ramps, in levels (red runs from `-swing` at
+    /// the left edge to `+swing` at the right, blue likewise top to bottom).
+    pub ramp_swing: i64,
 }
 
 impl Default for SceneStyle {
@@ -137,8 +140,9 @@ impl Default for SceneStyle {
     fn default() -> Self {
         Self {
             background: Background::Ramp,
-            small_side: (22, 30),
-            large_side: (40, 52),
+            small_side: (26, 34),
+            large_side: (42, 54),
+            ramp_swing: DEFAULT_RAMP_SWING,
         }
     }
 }
@@ -153,6 +157,12 @@ impl SceneStyle {
                     "{name} side range {lo}-{hi}: needs 4 <= low <= high <= {max} px"
                 ));
             }
+        }
+        if !(0..=127).contains(&self.ramp_swing) {
+            return Err(format!(
+                "ramp swing {}: needs 0..=127 levels",
+                self.ramp_swing
+            ));
         }
         if self.small_side.1 >= self.large_side.0 {
             return Err(format!(
@@ -177,13 +187,14 @@ pub enum Background {
     /// One random grey.
     Flat,
     /// A random grey, and over the whole picture (shapes included) red rising left to right
-    /// and blue top to bottom (±30 levels): every patch's pixels say where it is, which a
+    /// and blue top to bottom (± [`SceneStyle::ramp_swing`] levels): every patch's pixels say
+    /// where it is, which a
     /// from-scratch ViT (rotary, relative positions only) cannot otherwise tell.
     Ramp,
 }
 
-/// Half the swing of the background ramps, in levels.
-const RAMP_HALF_SWING: f64 = 30.0;
+/// Default half swing of the ramps, in levels.
+pub const DEFAULT_RAMP_SWING: i64 = 45;
 
 /// The size class of an object (pixel sides in [`SceneStyle`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -342,9 +353,9 @@ pub fn generate_scene(rng: &mut SplitMix64, style: &SceneStyle) -> Scene {
     }
     if style.background == Background::Ramp {
         // Over the whole picture, shapes included, so that every patch says where it is.
-        let ramp = |i: u32, n: u32| {
-            (RAMP_HALF_SWING * (2.0 * i as f64 / (n - 1) as f64 - 1.0)).round() as i64
-        };
+        let swing = style.ramp_swing as f64;
+        let ramp =
+            |i: u32, n: u32| (swing * (2.0 * i as f64 / (n - 1) as f64 - 1.0)).round() as i64;
         for y in 0..h {
             for x in 0..w {
                 let px = ((y * w + x) * 3) as usize;
@@ -412,8 +423,10 @@ mod tests {
     fn ramp_background_encodes_the_position() {
         let style = SceneStyle {
             background: Background::Ramp,
+            ramp_swing: 45,
             ..SceneStyle::default()
         };
+        let swing = style.ramp_swing as f64;
         let mut rng = SplitMix64::new(11);
         let s = generate_scene(&mut rng, &style);
         let mut covered = vec![false; (s.width * s.height) as usize];
@@ -427,9 +440,9 @@ mod tests {
         for (i, _) in covered.iter().enumerate().filter(|(_, &c)| !c) {
             let (x, y) = ((i % side) as f64, (i / side) as f64);
             let [r, g, b] = [0, 1, 2].map(|c| s.rgb[i * 3 + c] as f64);
-            let want = |t: f64| (30.0 * (2.0 * t / (side - 1) as f64 - 1.0)).round();
-            // The grey is 150..245, so only the brightest corner can clip at 255.
-            if g + 30.0 <= 255.0 {
+            let want = |t: f64| (swing * (2.0 * t / (side - 1) as f64 - 1.0)).round();
+            // The grey is 150..245: skip the pixels where a ramp clips at 255.
+            if g + want(x) <= 255.0 && g + want(y) <= 255.0 {
                 assert_eq!((r - g, b - g), (want(x), want(y)), "pixel ({x}, {y})");
                 checked += 1;
             }
@@ -442,7 +455,7 @@ mod tests {
         let row: Vec<usize> = (0..side).filter(|&x| inside[y * side + x] != 0).collect();
         let (a, b) = (row[0], row[row.len() - 1]);
         let red = |x: usize| s.rgb[(y * side + x) * 3] as i64;
-        let ramp = |x: usize| (30.0 * (2.0 * x as f64 / (side - 1) as f64 - 1.0)).round() as i64;
+        let ramp = |x: usize| (swing * (2.0 * x as f64 / (side - 1) as f64 - 1.0)).round() as i64;
         assert!(b > a, "{row:?}");
         if (5..250).contains(&red(a)) && (5..250).contains(&red(b)) {
             assert_eq!(red(b) - red(a), ramp(b) - ramp(a));
@@ -462,6 +475,11 @@ mod tests {
             ..SceneStyle::default()
         };
         assert!(overlapping.validate().unwrap_err().contains("below"));
+        let wild_ramp = SceneStyle {
+            ramp_swing: 200,
+            ..SceneStyle::default()
+        };
+        assert!(wild_ramp.validate().unwrap_err().contains("ramp swing"));
     }
 
     /// Larger size classes give larger shapes.
