@@ -21,13 +21,13 @@
 
 use burn::module::Module;
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::varlen_cross_attention;
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, Linear, RmsNorm};
-use crate::qwen2_5_vl::rope::apply_rotary;
+use crate::qwen2_5_vl::rope::Rotary;
 
 /// Number of special query tokens per object: box, score, mask.
 pub const NUM_SPECIAL_TOKENS: usize = 3;
@@ -216,13 +216,31 @@ pub struct Upscaling2<B: Backend> {
 pub enum PositionEncoding<B: Backend> {
     /// Added to the input before the projection (`W(x + pos)`).
     Additive(Tensor<B, 2>),
-    /// Rotary (rotate-half) on the projected heads, from the ViT's `(cos, sin)` tables.
-    Rotary {
-        /// `[tokens, head_dim]`
-        cos: Tensor<B, 2>,
-        /// `[tokens, head_dim]`
-        sin: Tensor<B, 2>,
-    },
+    /// Rotary (rotate-half) on the projected heads, from the ViT's `(cos, sin)` tables, built
+    /// once per stream by [`PositionEncoding::rotary`] and applied in every block.
+    Rotary(Rotary<B, 3>),
+}
+
+impl<B: Backend> PositionEncoding<B> {
+    /// flash-attn's `apply_rotary_emb` as PaDT calls it: the first half of the `(cos, sin)`
+    /// tables, duplicated, rotates the whole head (rotate-half convention).
+    ///
+    /// # Shapes
+    /// - `cos`, `sin`: `[tokens, head_dim]`; the tables rotate `[tokens, heads, head_dim]`
+    pub fn rotary(cos: Tensor<B, 2>, sin: Tensor<B, 2>, heads: usize, dtype: DType) -> Self {
+        let [tokens, head_dim] = cos.dims();
+        let half = head_dim / 2;
+        let dup = |t: Tensor<B, 2>| {
+            let first = t.narrow(1, 0, half);
+            Tensor::cat(vec![first.clone(), first], 1).unsqueeze_dim::<3>(1)
+        };
+        PositionEncoding::Rotary(Rotary::new(
+            dup(cos),
+            dup(sin),
+            [tokens, heads, head_dim],
+            dtype,
+        ))
+    }
 }
 
 /// One attention of a decoder block (`q_proj`, `k_proj`, `v_proj`, `proj`, all with bias).
@@ -276,11 +294,9 @@ impl<B: Backend> DecoderAttention<B> {
                 PositionEncoding::Additive(p) => proj
                     .forward(input + p.clone())
                     .reshape([t, heads, head_dim]),
-                PositionEncoding::Rotary { cos, sin } => rotary_first_half(
-                    proj.forward(input).reshape([t, heads, head_dim]),
-                    cos.clone(),
-                    sin.clone(),
-                ),
+                PositionEncoding::Rotary(rotary) => {
+                    rotary.apply(proj.forward(input).reshape([t, heads, head_dim]))
+                }
             }
         };
         let q = project(&self.q_proj, x, x_pos);
@@ -288,24 +304,6 @@ impl<B: Backend> DecoderAttention<B> {
         let out = varlen_cross_attention(q, k, v, cu_x, cu_y, (head_dim as f64).powf(-0.5));
         self.proj.forward(out.reshape([tx, d]))
     }
-}
-
-/// flash-attn's `apply_rotary_emb` as PaDT calls it: the first half of the `(cos, sin)`
-/// tables, duplicated, rotates the whole head (rotate-half convention).
-///
-/// # Shapes
-/// - `x`: `[t, heads, head_dim]`; `cos`, `sin`: `[t, head_dim]`
-fn rotary_first_half<B: Backend>(
-    x: Tensor<B, 3>,
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
-) -> Tensor<B, 3> {
-    let half = cos.dims()[1] / 2;
-    let dup = |t: Tensor<B, 2>| {
-        let first = t.narrow(1, 0, half);
-        Tensor::cat(vec![first.clone(), first], 1).unsqueeze_dim::<3>(1)
-    };
-    apply_rotary(x, dup(cos), dup(sin))
 }
 
 /// `PaDTDecoderBlock` with memory update (pre-norm residual, SAM style: `query_pos` is always the
@@ -579,10 +577,14 @@ impl<B: Backend> PadtDecoder<B> {
         let low_memory = self
             .input_projection
             .forward(input.prototypes.select(0, index(lo_rows)));
-        let low_pos = PositionEncoding::Rotary {
-            cos: input.pe_cos.clone().select(0, lo_pe_rows.clone()),
-            sin: input.pe_sin.clone().select(0, lo_pe_rows),
-        };
+        let heads = self.low_res_transformer.self_attn.num_heads;
+        let dtype = initial_query.dtype();
+        let low_pos = PositionEncoding::rotary(
+            input.pe_cos.clone().select(0, lo_pe_rows.clone()),
+            input.pe_sin.clone().select(0, lo_pe_rows),
+            heads,
+            dtype,
+        );
         let (query, low_memory) = self.low_res_transformer.forward(
             initial_query,
             low_memory,
@@ -601,10 +603,12 @@ impl<B: Backend> PadtDecoder<B> {
         let high_memory = self
             .high_res_norm
             .forward(repeated + input.high_res.select(0, hi_rows.clone()));
-        let high_pos = PositionEncoding::Rotary {
-            cos: input.pe_cos.select(0, hi_rows.clone()),
-            sin: input.pe_sin.select(0, hi_rows),
-        };
+        let high_pos = PositionEncoding::rotary(
+            input.pe_cos.select(0, hi_rows.clone()),
+            input.pe_sin.select(0, hi_rows),
+            heads,
+            dtype,
+        );
         let (query, high_memory) = self.high_res_transformer1.forward(
             query,
             high_memory,
