@@ -391,8 +391,7 @@ impl<B: Backend> PadtModel<B> {
     /// # Shapes
     /// - returns `[n_images, V + ΣNm]`
     pub fn logit_mask(&self, grids: &[GridThw], device: &B::Device) -> Tensor<B, 2, Bool> {
-        let width = self.vocab_size() + self.vrt_counts(grids).iter().sum::<usize>();
-        let mask = self.logit_mask_rows(grids);
+        let (mask, width) = self.logit_mask_rows(grids);
         Tensor::from_data(TensorData::new(mask, [grids.len(), width]), device)
     }
 
@@ -403,8 +402,7 @@ impl<B: Backend> PadtModel<B> {
     /// # Shapes
     /// - returns `[n_images, rows, V + ΣNm]`
     pub fn logit_bias(&self, grids: &[GridThw], rows: usize, device: &B::Device) -> Tensor<B, 3> {
-        let width = self.vocab_size() + self.vrt_counts(grids).iter().sum::<usize>();
-        let mask = self.logit_mask_rows(grids);
+        let (mask, width) = self.logit_mask_rows(grids);
         let mut bias = Vec::with_capacity(grids.len() * rows * width);
         for row in mask.chunks(width.max(1)) {
             for _ in 0..rows {
@@ -414,15 +412,10 @@ impl<B: Backend> PadtModel<B> {
         Tensor::from_data(TensorData::new(bias, [grids.len(), rows, width]), device)
     }
 
-    /// Merged-token (VRT) count of each image.
-    fn vrt_counts(&self, grids: &[GridThw]) -> Vec<usize> {
+    /// The rows of [`Self::logit_mask`], flat, and their width `V + ΣNm`.
+    fn logit_mask_rows(&self, grids: &[GridThw]) -> (Vec<bool>, usize) {
         let merge = self.qwen.config.vision_config.spatial_merge_size.pow(2);
-        grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect()
-    }
-
-    /// The rows of [`Self::logit_mask`], flat.
-    fn logit_mask_rows(&self, grids: &[GridThw]) -> Vec<bool> {
-        let counts = self.vrt_counts(grids);
+        let counts: Vec<usize> = grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect();
         let total: usize = counts.iter().sum();
         let v = self.vocab_size();
         let width = v + total;
@@ -434,7 +427,7 @@ impl<B: Backend> PadtModel<B> {
             }
             start += n;
         }
-        mask
+        (mask, width)
     }
 
     /// The decoder's high-res features and rotary `(cos, sin)`, in the order its

@@ -9,26 +9,15 @@ use crate::error::{ModelError, Result};
 /// Image grid `(t, h, w)` in patch units (`image_grid_thw`).
 pub type GridThw = [usize; 3];
 
-/// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = [-x₂, x₁]` (HF convention).
+/// Rotary position embedding `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = [-x₂,
+/// x₁]` (HF convention): the tables expanded to one tensor shape, contiguous and in the compute
+/// dtype, with the rotate-half matrix, built once and applied to every tensor of that shape
+/// (the q and k of every layer).
 ///
 /// Every elementwise product runs on contiguous tensors of one shape: the CPU backend's fast
 /// paths take only those (a broadcast or permuted operand falls back to a per-element strided
-/// walk, which dominated the demo's step time), so `x` and the tables are made contiguous
-/// first, and `rotate_half` is one small matmul instead of slices and a concatenation. Callers
-/// that rotate several tensors of one shape (every layer of the LLM) build a [`Rotary`] once.
-///
-/// # Shapes
-/// - `x`: `[..., dim]`; `cos`, `sin`: broadcastable to `x`
-pub fn apply_rotary<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    cos: Tensor<B, D>,
-    sin: Tensor<B, D>,
-) -> Tensor<B, D> {
-    Rotary::new(cos, sin, x.dims(), x.dtype()).apply(contiguous(x))
-}
-
-/// Rotary tables expanded to one tensor shape, contiguous and in the compute dtype, with the
-/// rotate-half matrix: built once, applied to every tensor of that shape.
+/// walk, which dominated the demo's step time), and `rotate_half` is one small matmul instead
+/// of slices and a concatenation.
 #[derive(Debug, Clone)]
 pub struct Rotary<B: Backend, const D: usize> {
     cos: Tensor<B, D>,

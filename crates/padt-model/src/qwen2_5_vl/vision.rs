@@ -10,7 +10,7 @@ use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use super::config::VisionConfig;
-use super::rope::{apply_rotary, vision_rotary_tables, window_layout, GridThw, WindowLayout};
+use super::rope::{vision_rotary_tables, window_layout, GridThw, Rotary, WindowLayout};
 use crate::attention::varlen_attention;
 use crate::error::{ModelError, Result};
 use crate::layers::{Linear, RmsNorm};
@@ -76,12 +76,12 @@ pub struct VisionAttention<B: Backend> {
 
 impl<B: Backend> VisionAttention<B> {
     /// # Shapes
-    /// - `x`: `[patches, hidden]`; `cos`, `sin`: `[patches, head_dim]` → `[patches, hidden]`
+    /// - `x`: `[patches, hidden]` → `[patches, hidden]`; `rotary` built for
+    ///   `[patches, heads, head_dim]`
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
-        cos: Tensor<B, 2>,
-        sin: Tensor<B, 2>,
+        rotary: &Rotary<B, 3>,
         cu_seqlens: &[usize],
     ) -> Tensor<B, 2> {
         let [patches, hidden] = x.dims();
@@ -95,10 +95,8 @@ impl<B: Backend> VisionAttention<B> {
                 .narrow(1, i, 1)
                 .reshape([patches, self.num_heads, head_dim])
         };
-        let cos = cos.unsqueeze_dim::<3>(1);
-        let sin = sin.unsqueeze_dim::<3>(1);
-        let q = apply_rotary(part(0), cos.clone(), sin.clone());
-        let k = apply_rotary(part(1), cos, sin);
+        let q = rotary.apply(part(0));
+        let k = rotary.apply(part(1));
         let scale = (head_dim as f64).powf(-0.5);
         let out = varlen_attention(q, k, part(2), cu_seqlens, scale);
         self.proj.forward(out.reshape([patches, hidden]))
@@ -168,18 +166,15 @@ impl<B: Backend> VisionBlock<B> {
     }
 
     /// # Shapes
-    /// - `x`: `[patches, hidden]`; `cos`, `sin`: `[patches, head_dim]` → `[patches, hidden]`
+    /// - `x`: `[patches, hidden]` → `[patches, hidden]`; `rotary` as in
+    ///   [`VisionAttention::forward`]
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
-        cos: Tensor<B, 2>,
-        sin: Tensor<B, 2>,
+        rotary: &Rotary<B, 3>,
         cu_seqlens: &[usize],
     ) -> Tensor<B, 2> {
-        let x = x.clone()
-            + self
-                .attn
-                .forward(self.norm1.forward(x), cos, sin, cu_seqlens);
+        let x = x.clone() + self.attn.forward(self.norm1.forward(x), rotary, cu_seqlens);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
@@ -354,6 +349,14 @@ impl<B: Backend> VisionTransformer<B> {
 
         let embeds = self.patch_embed.forward(pixels);
         let mut x = embeds.clone().select(0, order);
+        // One set of expanded tables for q and k of every block.
+        let heads = self.blocks.first().map_or(1, |b| b.attn.num_heads);
+        let rotary = Rotary::new(
+            cos.clone().unsqueeze_dim::<3>(1),
+            sin.clone().unsqueeze_dim::<3>(1),
+            [patches, heads, head_dim],
+            x.dtype(),
+        );
         let mut blocks = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             let cu = if c.fullatt_block_indexes.contains(&i) {
@@ -361,7 +364,7 @@ impl<B: Backend> VisionTransformer<B> {
             } else {
                 &layout.cu_window_seqlens
             };
-            x = block.forward(x, cos.clone(), sin.clone(), cu);
+            x = block.forward(x, &rotary, cu);
             if trace {
                 blocks.push(x.clone());
             }
