@@ -11,6 +11,8 @@
 //! - `loader DIR [SECONDS] [TOKENIZER_DIR]`: only the loader's call (for `perf record`).
 //! - `images DIR [SECONDS]` (or just `DIR`): the image path alone on every `*.jpg`, per decoder
 //!   and per stage.
+//! - `resize DIR [SECONDS]`: only the Pillow-exact bicubic resize of every decoded `*.jpg` to
+//!   its `smart_resize` size, then each pass alone (for A/B runs of the resize kernels).
 //!
 //! `cargo bench -p padt-data --bench pipeline -- samples /tmp/padt-bench-samples 4`
 
@@ -73,9 +75,11 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let usage =
-        "usage: pipeline samples|loader DIR [SECONDS] [TOKENIZER_DIR] | images DIR [SECONDS]";
+        "usage: pipeline samples|loader DIR [SECONDS] [TOKENIZER_DIR] | images|resize DIR [SECONDS]";
     let (mode, rest) = match args.first().map(String::as_str) {
-        Some("samples") | Some("images") | Some("loader") => (args[0].as_str(), &args[1..]),
+        Some("samples") | Some("images") | Some("loader") | Some("resize") => {
+            (args[0].as_str(), &args[1..])
+        }
         Some(_) => ("images", &args[..]),
         None => panic!("{usage}"),
     };
@@ -88,6 +92,8 @@ fn main() {
                 .join("../../tests/fixtures/qwen2_5_vl_tokenizer")
         });
         samples(&dir, &tokenizer_dir, seconds, mode == "loader");
+    } else if mode == "resize" {
+        resize(&dir, seconds);
     } else {
         images(&dir, seconds);
     }
@@ -270,13 +276,7 @@ fn samples(dir: &Path, tokenizer_dir: &Path, seconds: f64, loader_only: bool) {
 
 /// The image path alone, per decoder and per stage.
 fn images(dir: &Path, seconds: f64) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    files.sort();
-    let blobs: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let blobs = jpeg_files(dir);
     let n = blobs.len();
     let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
     println!("files {n}");
@@ -314,6 +314,59 @@ fn images(dir: &Path, seconds: f64) {
             "{name} pass only ({}x{} -> {ow}x{oh}): {r:.1} images/CPU-s",
             d.width, d.height
         );
+    }
+}
+
+/// The `*.jpg` files of `dir`, sorted, as bytes.
+fn jpeg_files(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+/// The bicubic resize alone on every decoded image, then its horizontal and vertical passes
+/// alone (each image resized in one dimension only).
+fn resize(dir: &Path, seconds: f64) {
+    let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
+    let decoded: Vec<_> = jpeg_files(dir)
+        .iter()
+        .map(|b| padt_upscale(decode_image(b, "bench", &DecodeOptions::default()).unwrap()).rgb)
+        .collect();
+    let n = decoded.len();
+    println!("files {n}");
+    let resize = rate(seconds, |i| {
+        black_box(processor.resize(&decoded[i % n]).unwrap());
+    });
+    println!(
+        "bicubic resize only {resize:.1} images/CPU-s ({:.3} ms)",
+        1e3 / resize
+    );
+    let targets: Vec<_> = decoded
+        .iter()
+        .map(|d| processor.target_size(d.height, d.width).unwrap())
+        .collect();
+    for pass in ["horizontal", "vertical"] {
+        let r = rate(seconds, |i| {
+            let (d, (h, w)) = (&decoded[i % n], targets[i % n]);
+            let (ow, oh) = if pass == "horizontal" {
+                (w, d.height)
+            } else {
+                (d.width, h)
+            };
+            black_box(pillow_resize::<3>(
+                &d.data,
+                d.width,
+                d.height,
+                ow,
+                oh,
+                ResampleFilter::Bicubic,
+            ));
+        });
+        println!("{pass} pass only: {r:.1} images/CPU-s ({:.3} ms)", 1e3 / r);
     }
 }
 

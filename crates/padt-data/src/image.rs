@@ -583,7 +583,6 @@ fn clip8(acc: i32) -> u8 {
 }
 
 /// Horizontal pass over source rows `rows`, `C` interleaved channels (plain version).
-#[inline(always)]
 fn resample_horizontal<const C: usize>(
     src: &[u8],
     src_width: usize,
@@ -614,130 +613,8 @@ fn resample_horizontal<const C: usize>(
     out
 }
 
-/// Rows per block of the vectorised horizontal pass.
-const ROW_LANES: usize = 8;
-
-/// The horizontal pass, vectorised across rows: eight source rows are widened to i32 lanes
-/// (lane `r` = row `r` of the block), so each tap is one vector multiply-add per channel.
-/// Integer sums are the same as Pillow's, so the output is identical.
-fn resample_horizontal_fast<const C: usize>(
-    src: &[u8],
-    src_width: usize,
-    rows: std::ops::Range<usize>,
-    coeffs: &Coefficients,
-) -> Vec<u8> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { resample_horizontal_avx2::<C>(src, src_width, rows, coeffs) };
-    }
-    resample_horizontal::<C>(src, src_width, rows, coeffs)
-}
-
-/// The row-blocked pass compiled for AVX2 (baseline x86-64 has no 32-bit vector multiply).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn resample_horizontal_avx2<const C: usize>(
-    src: &[u8],
-    src_width: usize,
-    rows: std::ops::Range<usize>,
-    coeffs: &Coefficients,
-) -> Vec<u8> {
-    resample_horizontal_blocked::<C>(src, src_width, rows, coeffs)
-}
-
-// Index loops over the lanes keep the shape the vectoriser needs.
-#[allow(clippy::needless_range_loop)]
-#[inline(always)]
-fn resample_horizontal_blocked<const C: usize>(
-    src: &[u8],
-    src_width: usize,
-    rows: std::ops::Range<usize>,
-    coeffs: &Coefficients,
-) -> Vec<u8> {
-    let out_width = coeffs.first.len();
-    let row_count = rows.len();
-    let mut out = vec![0u8; row_count * out_width * C];
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let mut wide = vec![[[0i32; ROW_LANES]; C]; src_width];
-    let mut narrow = vec![[[0u8; ROW_LANES]; C]; out_width];
-    let blocks = row_count / ROW_LANES;
-    for block in 0..blocks {
-        let y0 = rows.start + block * ROW_LANES;
-        let block_src = &src[y0 * src_width * C..(y0 + ROW_LANES) * src_width * C];
-        let src_rows: [&[u8]; ROW_LANES] =
-            std::array::from_fn(|r| &block_src[r * src_width * C..(r + 1) * src_width * C]);
-        for (x, w) in wide.iter_mut().enumerate() {
-            for c in 0..C {
-                for r in 0..ROW_LANES {
-                    w[c][r] = src_rows[r][x * C + c] as i32;
-                }
-            }
-        }
-        let out_block =
-            &mut out[block * ROW_LANES * out_width * C..(block + 1) * ROW_LANES * out_width * C];
-        for (x, clipped) in narrow.iter_mut().enumerate() {
-            let (start, n) = (coeffs.first[x], coeffs.count[x]);
-            let k = &coeffs.weights[x * coeffs.ksize..x * coeffs.ksize + n];
-            let mut acc = [[half; ROW_LANES]; C];
-            for (px, &kt) in wide[start..start + n].iter().zip(k) {
-                for c in 0..C {
-                    for r in 0..ROW_LANES {
-                        acc[c][r] += px[c][r] * kt;
-                    }
-                }
-            }
-            // Clipped lane-wise (vectorised), written to the rows below in one sweep per row.
-            for c in 0..C {
-                for r in 0..ROW_LANES {
-                    clipped[c][r] = clip8(acc[c][r]);
-                }
-            }
-        }
-        for (r, out_row) in out_block.chunks_exact_mut(out_width * C).enumerate() {
-            for (px, clipped) in out_row.chunks_exact_mut(C).zip(&narrow) {
-                for c in 0..C {
-                    px[c] = clipped[c][r];
-                }
-            }
-        }
-    }
-    let done = blocks * ROW_LANES;
-    if done < row_count {
-        let tail = resample_horizontal::<C>(src, src_width, rows.start + done..rows.end, coeffs);
-        out[done * out_width * C..].copy_from_slice(&tail);
-    }
-    out
-}
-
-/// Vertical pass; `row_offset` is the first source row held in `src`.
+/// Vertical pass (plain version); `row_offset` is the first source row held in `src`.
 fn resample_vertical(
-    src: &[u8],
-    row_len: usize,
-    row_offset: usize,
-    coeffs: &Coefficients,
-) -> Vec<u8> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { resample_vertical_avx2(src, row_len, row_offset, coeffs) };
-    }
-    resample_vertical_impl(src, row_len, row_offset, coeffs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn resample_vertical_avx2(
-    src: &[u8],
-    row_len: usize,
-    row_offset: usize,
-    coeffs: &Coefficients,
-) -> Vec<u8> {
-    resample_vertical_impl(src, row_len, row_offset, coeffs)
-}
-
-#[inline(always)]
-fn resample_vertical_impl(
     src: &[u8],
     row_len: usize,
     row_offset: usize,
@@ -765,6 +642,337 @@ fn resample_vertical_impl(
     out
 }
 
+/// Which code the two resize passes run: the plain loops above, or the AVX2 kernels of
+/// [`avx2`] (x86-64 CPUs that have AVX2, chosen at run time). Both compute the same integer
+/// sums, so they give the same bytes (unit test `avx2_resize_equals_plain_resize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResizeKernels {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl ResizeKernels {
+    /// The fastest kernels this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Self::Avx2;
+        }
+        Self::Plain
+    }
+
+    fn horizontal<const C: usize>(
+        self,
+        src: &[u8],
+        src_width: usize,
+        rows: std::ops::Range<usize>,
+        coeffs: &Coefficients,
+    ) -> Vec<u8> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 if avx2::horizontal_fits::<C>(src_width, coeffs.first.len(), rows.len()) => {
+                // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
+                unsafe { avx2::resample_horizontal::<C>(src, src_width, rows, coeffs) }
+            }
+            _ => resample_horizontal::<C>(src, src_width, rows, coeffs),
+        }
+    }
+
+    fn vertical(
+        self,
+        src: &[u8],
+        row_len: usize,
+        row_offset: usize,
+        coeffs: &Coefficients,
+    ) -> Vec<u8> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 if avx2::vertical_fits(row_len) => {
+                // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
+                unsafe { avx2::resample_vertical(src, row_len, row_offset, coeffs) }
+            }
+            _ => resample_vertical(src, row_len, row_offset, coeffs),
+        }
+    }
+}
+
+/// The two passes with AVX2, in Pillow's integer arithmetic: every output byte is
+/// `clip8(2²¹ + Σ pixel · weight)` with the same i32 weights, summed in i32 lanes
+/// (`vpmulld` + `vpaddd`, wrapping like Pillow's C `int`; the sums fit in i32 anyway since
+/// Pillow's do), so the output is Pillow's bit for bit. i16 `vpmaddwd` with weights split into
+/// high and low parts was considered: it needs two products per pixel and tap instead of one
+/// and an interleave, so it does not beat one 8-lane `vpmulld` per tap.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Coefficients, PRECISION_BITS};
+    use std::arch::x86_64::*;
+
+    /// Rows per block of the horizontal pass (one i32 lane per row) and the side of the byte
+    /// transposes.
+    const LANES: usize = 8;
+
+    /// Whether [`resample_horizontal`] handles this shape: 1 to 4 channels, at least one
+    /// 8-byte tile in a source and in an output row, at least one block of 8 rows.
+    pub(super) fn horizontal_fits<const C: usize>(
+        src_width: usize,
+        out_width: usize,
+        rows: usize,
+    ) -> bool {
+        (1..=4).contains(&C) && src_width * C >= LANES && out_width * C >= LANES && rows >= LANES
+    }
+
+    /// Whether [`resample_vertical`] handles rows of `row_len` bytes (one 32-byte chunk).
+    pub(super) fn vertical_fits(row_len: usize) -> bool {
+        row_len >= 32
+    }
+
+    /// Starts of the `width`-byte tiles that cover `0..len` (`len ≥ width`): every `width`
+    /// bytes, the last one moved back to end at `len` (it overlaps the one before; overlapping
+    /// bytes are computed twice with the same result).
+    fn tiles(len: usize, width: usize) -> impl Iterator<Item = usize> {
+        debug_assert!(len >= width);
+        (0..len.div_ceil(width)).map(move |i| (i * width).min(len - width))
+    }
+
+    /// An 8×8 byte transpose from rows to columns: `dst[8 · j + r] = src[r · src_stride + j]`
+    /// for `r, j < 8` (the 64 bytes at `dst` are 8 columns of 8 rows). SSE2 unpacks only
+    /// (baseline x86-64), inlined into the AVX2 callers.
+    ///
+    /// # Safety
+    /// The 8 bytes at `src + r · src_stride` must be readable for every `r < 8`, and the 64
+    /// bytes at `dst` writable.
+    #[inline(always)]
+    unsafe fn rows_to_columns(src: *const u8, src_stride: usize, dst: *mut u8) {
+        // SAFETY: the caller guarantees the eight 8-byte loads and the 64 bytes of stores are in
+        // bounds; unaligned loads/stores have no alignment requirement; SSE2 is baseline.
+        unsafe {
+            let row = |r: usize| _mm_loadl_epi64(src.add(r * src_stride).cast());
+            // Byte pairs of rows (0,1), (2,3), (4,5), (6,7), column by column.
+            let p01 = _mm_unpacklo_epi8(row(0), row(1));
+            let p23 = _mm_unpacklo_epi8(row(2), row(3));
+            let p45 = _mm_unpacklo_epi8(row(4), row(5));
+            let p67 = _mm_unpacklo_epi8(row(6), row(7));
+            // Rows 0-3 (q0123*) and 4-7 (q4567*) of columns 0-3 (lo) and 4-7 (hi).
+            let q0123lo = _mm_unpacklo_epi16(p01, p23);
+            let q0123hi = _mm_unpackhi_epi16(p01, p23);
+            let q4567lo = _mm_unpacklo_epi16(p45, p67);
+            let q4567hi = _mm_unpackhi_epi16(p45, p67);
+            // Two whole columns (8 rows each) per register.
+            let dst = dst.cast::<__m128i>();
+            _mm_storeu_si128(dst, _mm_unpacklo_epi32(q0123lo, q4567lo));
+            _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi32(q0123lo, q4567lo));
+            _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi32(q0123hi, q4567hi));
+            _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi32(q0123hi, q4567hi));
+        }
+    }
+
+    /// The inverse of [`rows_to_columns`]: `dst[r · dst_stride + j] = src[8 · j + r]` for
+    /// `r, j < 8`.
+    ///
+    /// # Safety
+    /// The 64 bytes at `src` must be readable, and the 8 bytes at `dst + r · dst_stride`
+    /// writable for every `r < 8`.
+    #[inline(always)]
+    unsafe fn columns_to_rows(src: *const u8, dst: *mut u8, dst_stride: usize) {
+        // SAFETY: as in `rows_to_columns`, with the caller's bounds.
+        unsafe {
+            let src = src.cast::<__m128i>();
+            // Columns (0,1), (2,3), (4,5), (6,7), 8 rows each.
+            let c01 = _mm_loadu_si128(src);
+            let c23 = _mm_loadu_si128(src.add(1));
+            let c45 = _mm_loadu_si128(src.add(2));
+            let c67 = _mm_loadu_si128(src.add(3));
+            // Per row r: (c0, c2) / (c1, c3) / (c4, c6) / (c5, c7) byte pairs.
+            let a = _mm_unpacklo_epi8(c01, c23);
+            let b = _mm_unpackhi_epi8(c01, c23);
+            let c = _mm_unpacklo_epi8(c45, c67);
+            let d = _mm_unpackhi_epi8(c45, c67);
+            // Columns 0-3 (ab*) and 4-7 (cd*) of rows 0-3 (lo) and 4-7 (hi).
+            let ab_lo = _mm_unpacklo_epi8(a, b);
+            let ab_hi = _mm_unpackhi_epi8(a, b);
+            let cd_lo = _mm_unpacklo_epi8(c, d);
+            let cd_hi = _mm_unpackhi_epi8(c, d);
+            // Two whole rows (8 columns each) per register.
+            let rows = [
+                _mm_unpacklo_epi32(ab_lo, cd_lo),
+                _mm_unpackhi_epi32(ab_lo, cd_lo),
+                _mm_unpacklo_epi32(ab_hi, cd_hi),
+                _mm_unpackhi_epi32(ab_hi, cd_hi),
+            ];
+            for (i, pair) in rows.into_iter().enumerate() {
+                _mm_storel_epi64(dst.add(2 * i * dst_stride).cast(), pair);
+                _mm_storeh_pd(
+                    dst.add((2 * i + 1) * dst_stride).cast(),
+                    _mm_castsi128_pd(pair),
+                );
+            }
+        }
+    }
+
+    /// `acc + Σ_t weights[t] · pixel t` for the `C` channels of 8 rows: `pixels` holds
+    /// `weights.len()` pixels of `C` columns of 8 bytes. `N` is `weights.len()` when it is known
+    /// at compile time (the tap loop is unrolled), 0 otherwise.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn horizontal_taps<const C: usize, const N: usize>(
+        pixels: &[u8],
+        weights: &[i32],
+        mut acc: [__m256i; 4],
+    ) -> [__m256i; 4] {
+        let n = if N > 0 { N } else { weights.len() };
+        assert!(weights.len() == n && pixels.len() == n * C * LANES && C <= 4);
+        for (t, &w) in weights.iter().enumerate().take(n) {
+            let w = _mm256_set1_epi32(w);
+            for (c, acc) in acc.iter_mut().enumerate().take(C) {
+                // SAFETY: `(t · C + c + 1) · 8 ≤ n · C · 8 = pixels.len()` (asserted above).
+                let lanes =
+                    unsafe { _mm_loadl_epi64(pixels.as_ptr().add((t * C + c) * LANES).cast()) };
+                let v = _mm256_cvtepu8_epi32(lanes);
+                *acc = _mm256_add_epi32(*acc, _mm256_mullo_epi32(v, w));
+            }
+        }
+        acc
+    }
+
+    /// Pillow's `clip8` of four accumulators of 8 lanes, as 32 bytes: bytes `8i .. 8i + 8` are
+    /// the lanes of `acc[i]`. After `>> PRECISION_BITS` a lane is within ±2⁹, so the signed
+    /// i32 → i16 pack is exact and the unsigned i16 → u8 pack is the clamp to 0..=255.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn clip8_pack(acc: [__m256i; 4]) -> __m256i {
+        let shift = |a| _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(a);
+        // 128-bit halves: [a0 lanes 0-3, a1 lanes 0-3 | a0 lanes 4-7, a1 lanes 4-7] as i16.
+        let low = _mm256_packs_epi32(shift(acc[0]), shift(acc[1]));
+        let high = _mm256_packs_epi32(shift(acc[2]), shift(acc[3]));
+        // [a0 0-3, a1 0-3, a2 0-3, a3 0-3 | a0 4-7, a1 4-7, a2 4-7, a3 4-7] as u8.
+        let bytes = _mm256_packus_epi16(low, high);
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+
+    /// The horizontal pass on blocks of 8 source rows: a block is transposed into column-major
+    /// bytes (`columns[j · 8 + r]` = byte `j` of block row `r`), so that one tap of one channel
+    /// is a single 8-lane multiply-add over the 8 rows; the clipped results, column-major too,
+    /// are transposed back into the output rows. A last partial block is replaced by the last
+    /// 8 rows (rows computed twice, same bytes).
+    ///
+    /// # Shapes
+    /// - `src`: `[H, src_width, C]` u8, of which rows `rows` are read
+    /// - output: `[rows.len(), out_width, C]` u8, `out_width = coeffs.first.len()`
+    #[target_feature(enable = "avx2")]
+    pub(super) fn resample_horizontal<const C: usize>(
+        src: &[u8],
+        src_width: usize,
+        rows: std::ops::Range<usize>,
+        coeffs: &Coefficients,
+    ) -> Vec<u8> {
+        let out_width = coeffs.first.len();
+        let row_count = rows.len();
+        assert!(horizontal_fits::<C>(src_width, out_width, row_count));
+        let (in_len, out_len) = (src_width * C, out_width * C);
+        let src = &src[rows.start * in_len..rows.end * in_len];
+        let mut out = Vec::<u8>::with_capacity(row_count * out_len);
+        let mut columns = vec![0u8; in_len * LANES];
+        // 32 spare bytes: each pixel's store writes 4 channels' worth.
+        let mut out_columns = vec![0u8; out_len * LANES + 32];
+        let half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+        for block in 0..row_count.div_ceil(LANES) {
+            let y0 = (block * LANES).min(row_count - LANES);
+            let block_src = &src[y0 * in_len..(y0 + LANES) * in_len];
+            for j in tiles(in_len, LANES) {
+                // SAFETY: `j + 8 ≤ in_len`, so rows `r < 8` of `block_src` (stride `in_len`)
+                // have 8 bytes at `j`, and `columns` has `8 · in_len ≥ 8 · (j + 8)` bytes.
+                unsafe {
+                    rows_to_columns(
+                        block_src.as_ptr().add(j),
+                        in_len,
+                        columns.as_mut_ptr().add(j * LANES),
+                    )
+                };
+            }
+            for x in 0..out_width {
+                let (start, n) = (coeffs.first[x], coeffs.count[x]);
+                let weights = &coeffs.weights[x * coeffs.ksize..][..n];
+                let taps = &columns[start * C * LANES..(start + n) * C * LANES];
+                // Bicubic near scale 1 has 4 or 5 taps: unrolled.
+                let acc = match n {
+                    4 => horizontal_taps::<C, 4>(taps, weights, [half; 4]),
+                    5 => horizontal_taps::<C, 5>(taps, weights, [half; 4]),
+                    _ => horizontal_taps::<C, 0>(taps, weights, [half; 4]),
+                };
+                let dst = &mut out_columns[x * C * LANES..][..32];
+                // SAFETY: `dst` is 32 bytes long.
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), clip8_pack(acc)) };
+            }
+            // SAFETY: rows `y0 .. y0 + 8` lie within the `row_count · out_len` bytes reserved.
+            let block_out = unsafe { out.as_mut_ptr().add(y0 * out_len) };
+            for j in tiles(out_len, LANES) {
+                // SAFETY: `j + 8 ≤ out_len`: the source (8 columns of 8 bytes from `j · 8`)
+                // is inside `out_columns`, and the 8 output rows (stride `out_len`) from
+                // `block_out` have 8 bytes at `j` inside the reserved capacity.
+                unsafe {
+                    columns_to_rows(
+                        out_columns.as_ptr().add(j * LANES),
+                        block_out.add(j),
+                        out_len,
+                    )
+                };
+            }
+        }
+        // SAFETY: the blocks cover rows `0..row_count` and the tiles bytes `0..out_len` of
+        // each, so every byte of the reserved length has been written.
+        unsafe { out.set_len(row_count * out_len) };
+        out
+    }
+
+    /// The vertical pass, 32 bytes of an output row at a time, the 4 accumulators of the
+    /// chunk kept in registers over the taps (a partial last chunk is replaced by the row's
+    /// last 32 bytes). `row_offset` is the first source row held in `src`.
+    ///
+    /// # Shapes
+    /// - `src`: `[rows, row_len]` u8 → output `[coeffs.first.len(), row_len]` u8
+    #[target_feature(enable = "avx2")]
+    pub(super) fn resample_vertical(
+        src: &[u8],
+        row_len: usize,
+        row_offset: usize,
+        coeffs: &Coefficients,
+    ) -> Vec<u8> {
+        assert!(vertical_fits(row_len));
+        let out_height = coeffs.first.len();
+        let mut out = Vec::<u8>::with_capacity(out_height * row_len);
+        let half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+        for y in 0..out_height {
+            let (start, n) = (coeffs.first[y] - row_offset, coeffs.count[y]);
+            let weights = &coeffs.weights[y * coeffs.ksize..][..n];
+            let taps = &src[start * row_len..(start + n) * row_len];
+            for x in tiles(row_len, 32) {
+                let mut acc = [half; 4];
+                for (row, &w) in taps.chunks_exact(row_len).zip(weights) {
+                    let w = _mm256_set1_epi32(w);
+                    let chunk = &row[x..x + 32];
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: `chunk` holds 32 bytes, read 8 at `8 · i < 32`.
+                        let lanes = unsafe { _mm_loadl_epi64(chunk.as_ptr().add(8 * i).cast()) };
+                        let v = _mm256_cvtepu8_epi32(lanes);
+                        *acc = _mm256_add_epi32(*acc, _mm256_mullo_epi32(v, w));
+                    }
+                }
+                // SAFETY: `x + 32 ≤ row_len` and `y < out_height`: inside the reserved capacity.
+                unsafe {
+                    _mm256_storeu_si256(
+                        out.as_mut_ptr().add(y * row_len + x).cast(),
+                        clip8_pack(acc),
+                    )
+                };
+            }
+        }
+        // SAFETY: the tiles cover bytes `0..row_len` of every row `y < out_height`.
+        unsafe { out.set_len(out_height * row_len) };
+        out
+    }
+}
+
 /// `Image.resize((out_width, out_height), filter)` of Pillow <= 12 on an 8-bit image with
 /// `C` interleaved channels: horizontal pass first (over the source rows the vertical pass
 /// needs), then vertical; a pass is skipped when its dimension is unchanged.
@@ -776,6 +984,23 @@ pub fn pillow_resize<const C: usize>(
     out_height: usize,
     filter: ResampleFilter,
 ) -> Vec<u8> {
+    pillow_resize_with::<C>(
+        ResizeKernels::detect(),
+        src,
+        (width, height),
+        (out_width, out_height),
+        filter,
+    )
+}
+
+/// [`pillow_resize`] with the given kernels.
+fn pillow_resize_with<const C: usize>(
+    kernels: ResizeKernels,
+    src: &[u8],
+    (width, height): (usize, usize),
+    (out_width, out_height): (usize, usize),
+    filter: ResampleFilter,
+) -> Vec<u8> {
     assert_eq!(src.len(), width * height * C, "pillow_resize: buffer size");
     if (out_width, out_height) == (width, height) {
         return src.to_vec();
@@ -784,21 +1009,16 @@ pub fn pillow_resize<const C: usize>(
     let first_row = vertical.first[0];
     let last = out_height - 1;
     let end_row = vertical.first[last] + vertical.count[last];
-    let (data, row_offset) = if out_width != width {
-        let horizontal = precompute_coefficients(width, out_width, filter);
-        let rows = first_row..end_row;
-        (
-            resample_horizontal_fast::<C>(src, width, rows, &horizontal),
-            first_row,
-        )
-    } else {
-        (src.to_vec(), 0)
-    };
-    if out_height != height {
-        resample_vertical(&data, out_width * C, row_offset, &vertical)
-    } else {
-        data
+    if out_width == width {
+        return kernels.vertical(src, width * C, 0, &vertical);
     }
+    let horizontal = precompute_coefficients(width, out_width, filter);
+    if out_height == height {
+        return kernels.horizontal::<C>(src, width, 0..height, &horizontal);
+    }
+    let rows = first_row..end_row;
+    let data = kernels.horizontal::<C>(src, width, rows, &horizontal);
+    kernels.vertical(&data, out_width * C, first_row, &vertical)
 }
 
 /// Pillow's NEAREST resize (used for palette images whatever filter is asked).
@@ -1325,8 +1545,103 @@ mod tests {
         assert_eq!(padt_upscale_size(28, 28), None);
     }
 
+    /// The plain kernels and, where the CPU has them, the AVX2 ones.
+    fn all_kernels() -> Vec<ResizeKernels> {
+        let mut kernels = vec![ResizeKernels::Plain];
+        if ResizeKernels::detect() != ResizeKernels::Plain {
+            kernels.push(ResizeKernels::detect());
+        } else {
+            eprintln!("this CPU has no AVX2: only the plain resize kernels are tested");
+        }
+        kernels
+    }
+
+    /// splitmix64: a small seeded generator for the random-image tests.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in `lo..=hi` (slightly biased; fine for test sizes).
+        fn between(&mut self, lo: usize, hi: usize) -> usize {
+            lo + (self.next() % (hi - lo + 1) as u64) as usize
+        }
+
+        /// Random bytes; every third image is a photo-like gradient with noise instead, so the
+        /// sums also land near the clipping edges and in the middle.
+        fn image(&mut self, len: usize) -> Vec<u8> {
+            if self.next().is_multiple_of(3) {
+                (0..len)
+                    .map(|i| ((i / 5) as u64 * 3 + self.next() % 24) as u8)
+                    .collect()
+            } else {
+                (0..len).map(|_| self.next() as u8).collect()
+            }
+        }
+    }
+
+    /// Sizes where the kernels change behaviour: below one 8-byte tile or one 8-row block,
+    /// widths and heights that are not multiples of 8 or 32 bytes, up- and down-scales.
+    fn resize_cases(rng: &mut SplitMix) -> Vec<((usize, usize), (usize, usize))> {
+        let mut cases = vec![
+            ((640, 480), (644, 476)),
+            ((427, 640), (420, 644)),
+            ((612, 612), (616, 616)),
+            ((500, 375), (504, 364)),
+            ((1, 1), (9, 9)),
+            ((2, 9), (3, 8)),
+            ((8, 8), (7, 7)),
+            ((37, 50), (13, 200)),
+            ((200, 17), (11, 90)),
+            ((33, 31), (33, 64)),
+            ((33, 31), (90, 31)),
+        ];
+        for _ in 0..150 {
+            let small = rng.next().is_multiple_of(4);
+            let max = if small { 12 } else { 120 };
+            let (w, h) = (rng.between(1, max), rng.between(1, max));
+            let (ow, oh) = (rng.between(1, 2 * max), rng.between(1, 2 * max));
+            cases.push(((w, h), (ow, oh)));
+        }
+        cases
+    }
+
+    fn check_kernels_agree<const C: usize>(seed: u64) {
+        let mut rng = SplitMix(seed);
+        for ((w, h), (ow, oh)) in resize_cases(&mut rng) {
+            let src = rng.image(w * h * C);
+            for filter in [ResampleFilter::Bicubic, ResampleFilter::Lanczos] {
+                let plain =
+                    pillow_resize_with::<C>(ResizeKernels::Plain, &src, (w, h), (ow, oh), filter);
+                assert_eq!(plain.len(), ow * oh * C);
+                for kernels in all_kernels() {
+                    let out = pillow_resize_with::<C>(kernels, &src, (w, h), (ow, oh), filter);
+                    assert!(
+                        out == plain,
+                        "{kernels:?} C {C} {w}x{h} -> {ow}x{oh} {filter:?}: {} bytes differ",
+                        out.iter().zip(&plain).filter(|(a, b)| a != b).count()
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
-    fn vectorised_horizontal_pass_equals_plain_pass() {
+    fn avx2_resize_equals_plain_resize() {
+        check_kernels_agree::<1>(1);
+        check_kernels_agree::<3>(3);
+        check_kernels_agree::<4>(4);
+    }
+
+    #[test]
+    fn resize_passes_agree_on_row_ranges_and_offsets() {
+        let mut rng = SplitMix(7);
         for (w, ow, filter) in [
             (37usize, 50usize, ResampleFilter::Bicubic),
             (50, 37, ResampleFilter::Bicubic),
@@ -1335,22 +1650,21 @@ mod tests {
         ] {
             let coeffs = precompute_coefficients(w, ow, filter);
             let h = 21;
-            let src3: Vec<u8> = (0..w * h * 3).map(|i| (i * 7919 % 256) as u8).collect();
+            let src3 = rng.image(w * h * 3);
+            let src4 = rng.image(w * h * 4);
             let plain3 = resample_horizontal::<3>(&src3, w, 2..h, &coeffs);
-            assert_eq!(
-                resample_horizontal_blocked::<3>(&src3, w, 2..h, &coeffs),
-                plain3
-            );
-            assert_eq!(
-                resample_horizontal_fast::<3>(&src3, w, 2..h, &coeffs),
-                plain3
-            );
-            let src4: Vec<u8> = (0..w * h * 4).map(|i| (i * 104729 % 256) as u8).collect();
-            let plain4 = resample_horizontal::<4>(&src4, w, 0..h, &coeffs);
-            assert_eq!(
-                resample_horizontal_fast::<4>(&src4, w, 0..h, &coeffs),
-                plain4
-            );
+            let plain4 = resample_horizontal::<4>(&src4, w, 0..h - 3, &coeffs);
+            // Vertical: `src` holds source rows 3 .. h + 3 (as after a horizontal pass that
+            // started at row 3); the weights address rows from 3 on.
+            let mut vcoeffs = precompute_coefficients(h, ow, filter);
+            vcoeffs.first.iter_mut().for_each(|f| *f += 3);
+            let tall = rng.image(h * w * 3);
+            let plain_v = resample_vertical(&tall, w * 3, 3, &vcoeffs);
+            for kernels in all_kernels() {
+                assert_eq!(kernels.horizontal::<3>(&src3, w, 2..h, &coeffs), plain3);
+                assert_eq!(kernels.horizontal::<4>(&src4, w, 0..h - 3, &coeffs), plain4);
+                assert_eq!(kernels.vertical(&tall, w * 3, 3, &vcoeffs), plain_v);
+            }
         }
     }
 
