@@ -12,6 +12,8 @@
 //! at most 8) remain as options.
 
 use std::io::Cursor;
+use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::path::Path;
 
 #[path = "libjpeg_turbo.rs"]
@@ -582,15 +584,17 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Horizontal pass over source rows `rows`, `C` interleaved channels (plain version).
+/// Horizontal pass over source rows `rows`, `C` interleaved channels (plain version): writes
+/// every byte of `out`, `rows.len()` rows of `coeffs.first.len() · C` bytes.
 fn resample_horizontal<const C: usize>(
     src: &[u8],
     src_width: usize,
-    rows: std::ops::Range<usize>,
+    rows: Range<usize>,
     coeffs: &Coefficients,
-) -> Vec<u8> {
+    out: &mut [MaybeUninit<u8>],
+) {
     let out_width = coeffs.first.len();
-    let mut out = vec![0u8; rows.len() * out_width * C];
+    assert_eq!(out.len(), rows.len() * out_width * C);
     let half = 1i32 << (PRECISION_BITS - 1);
     for (out_row, y) in out.chunks_exact_mut(out_width * C).zip(rows) {
         let row = &src[y * src_width * C..(y + 1) * src_width * C];
@@ -606,25 +610,26 @@ fn resample_horizontal<const C: usize>(
                 }
             }
             for c in 0..C {
-                out_px[c] = clip8(acc[c]);
+                out_px[c].write(clip8(acc[c]));
             }
         }
     }
-    out
 }
 
-/// Vertical pass (plain version); `row_offset` is the first source row held in `src`.
+/// Vertical pass (plain version) of output rows `ys`: writes every byte of `out`, `ys.len()`
+/// rows of `row_len` bytes. `row_offset` is the first source row held in `src`.
 fn resample_vertical(
     src: &[u8],
     row_len: usize,
     row_offset: usize,
     coeffs: &Coefficients,
-) -> Vec<u8> {
-    let out_height = coeffs.first.len();
-    let mut out = vec![0u8; out_height * row_len];
+    ys: Range<usize>,
+    out: &mut [MaybeUninit<u8>],
+) {
+    assert_eq!(out.len(), ys.len() * row_len);
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut acc = vec![0i32; row_len];
-    for (y, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+    for (y, out_row) in ys.zip(out.chunks_exact_mut(row_len)) {
         let start = coeffs.first[y] - row_offset;
         let n = coeffs.count[y];
         let k = &coeffs.weights[y * coeffs.ksize..y * coeffs.ksize + n];
@@ -636,10 +641,9 @@ fn resample_vertical(
             }
         }
         for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
+            o.write(clip8(a));
         }
     }
-    out
 }
 
 /// Which code the two resize passes run: the plain loops above, or the AVX2 kernels of
@@ -662,37 +666,42 @@ impl ResizeKernels {
         Self::Plain
     }
 
+    /// The horizontal pass of source rows `rows` into `out` (every byte written).
     fn horizontal<const C: usize>(
         self,
         src: &[u8],
         src_width: usize,
-        rows: std::ops::Range<usize>,
+        rows: Range<usize>,
         coeffs: &Coefficients,
-    ) -> Vec<u8> {
+        out: &mut [MaybeUninit<u8>],
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 if avx2::horizontal_fits::<C>(src_width, coeffs.first.len(), rows.len()) => {
                 // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
-                unsafe { avx2::resample_horizontal::<C>(src, src_width, rows, coeffs) }
+                unsafe { avx2::resample_horizontal::<C>(src, src_width, rows, coeffs, out) }
             }
-            _ => resample_horizontal::<C>(src, src_width, rows, coeffs),
+            _ => resample_horizontal::<C>(src, src_width, rows, coeffs, out),
         }
     }
 
+    /// The vertical pass of output rows `ys` into `out` (every byte written).
     fn vertical(
         self,
         src: &[u8],
         row_len: usize,
         row_offset: usize,
         coeffs: &Coefficients,
-    ) -> Vec<u8> {
+        ys: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+    ) {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 if avx2::vertical_fits(row_len) => {
                 // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
-                unsafe { avx2::resample_vertical(src, row_len, row_offset, coeffs) }
+                unsafe { avx2::resample_vertical(src, row_len, row_offset, coeffs, ys, out) }
             }
-            _ => resample_vertical(src, row_len, row_offset, coeffs),
+            _ => resample_vertical(src, row_len, row_offset, coeffs, ys, out),
         }
     }
 }
@@ -707,6 +716,8 @@ impl ResizeKernels {
 mod avx2 {
     use super::{Coefficients, PRECISION_BITS};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+    use std::ops::Range;
 
     /// Rows per block of the horizontal pass (one i32 lane per row) and the side of the byte
     /// transposes.
@@ -858,20 +869,22 @@ mod avx2 {
     ///
     /// # Shapes
     /// - `src`: `[H, src_width, C]` u8, of which rows `rows` are read
-    /// - output: `[rows.len(), out_width, C]` u8, `out_width = coeffs.first.len()`
+    /// - `out`: `[rows.len(), out_width, C]` u8, `out_width = coeffs.first.len()`, every byte
+    ///   written
     #[target_feature(enable = "avx2")]
     pub(super) fn resample_horizontal<const C: usize>(
         src: &[u8],
         src_width: usize,
-        rows: std::ops::Range<usize>,
+        rows: Range<usize>,
         coeffs: &Coefficients,
-    ) -> Vec<u8> {
+        out: &mut [MaybeUninit<u8>],
+    ) {
         let out_width = coeffs.first.len();
         let row_count = rows.len();
         assert!(horizontal_fits::<C>(src_width, out_width, row_count));
         let (in_len, out_len) = (src_width * C, out_width * C);
+        assert_eq!(out.len(), row_count * out_len);
         let src = &src[rows.start * in_len..rows.end * in_len];
-        let mut out = Vec::<u8>::with_capacity(row_count * out_len);
         let mut columns = vec![0u8; in_len * LANES];
         // 32 spare bytes: each pixel's store writes 4 channels' worth.
         let mut out_columns = vec![0u8; out_len * LANES + 32];
@@ -904,12 +917,13 @@ mod avx2 {
                 // SAFETY: `dst` is 32 bytes long.
                 unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), clip8_pack(acc)) };
             }
-            // SAFETY: rows `y0 .. y0 + 8` lie within the `row_count · out_len` bytes reserved.
-            let block_out = unsafe { out.as_mut_ptr().add(y0 * out_len) };
+            let block_out = out[y0 * out_len..(y0 + LANES) * out_len]
+                .as_mut_ptr()
+                .cast::<u8>();
             for j in tiles(out_len, LANES) {
                 // SAFETY: `j + 8 ≤ out_len`: the source (8 columns of 8 bytes from `j · 8`)
-                // is inside `out_columns`, and the 8 output rows (stride `out_len`) from
-                // `block_out` have 8 bytes at `j` inside the reserved capacity.
+                // is inside `out_columns`, and the 8 rows (stride `out_len`) of `block_out`
+                // have 8 bytes at `j` (writing initialises `MaybeUninit` bytes).
                 unsafe {
                     columns_to_rows(
                         out_columns.as_ptr().add(j * LANES),
@@ -919,10 +933,8 @@ mod avx2 {
                 };
             }
         }
-        // SAFETY: the blocks cover rows `0..row_count` and the tiles bytes `0..out_len` of
-        // each, so every byte of the reserved length has been written.
-        unsafe { out.set_len(row_count * out_len) };
-        out
+        // The blocks cover rows `0..row_count` and the tiles bytes `0..out_len` of each: every
+        // byte of `out` is written.
     }
 
     /// The vertical pass, 32 bytes of an output row at a time, the 4 accumulators of the
@@ -930,19 +942,21 @@ mod avx2 {
     /// last 32 bytes). `row_offset` is the first source row held in `src`.
     ///
     /// # Shapes
-    /// - `src`: `[rows, row_len]` u8 → output `[coeffs.first.len(), row_len]` u8
+    /// - `src`: `[rows, row_len]` u8 → `out`: output rows `ys`, `[ys.len(), row_len]` u8, every
+    ///   byte written
     #[target_feature(enable = "avx2")]
     pub(super) fn resample_vertical(
         src: &[u8],
         row_len: usize,
         row_offset: usize,
         coeffs: &Coefficients,
-    ) -> Vec<u8> {
+        ys: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+    ) {
         assert!(vertical_fits(row_len));
-        let out_height = coeffs.first.len();
-        let mut out = Vec::<u8>::with_capacity(out_height * row_len);
+        assert_eq!(out.len(), ys.len() * row_len);
         let half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
-        for y in 0..out_height {
+        for (y, out_row) in ys.zip(out.chunks_exact_mut(row_len)) {
             let (start, n) = (coeffs.first[y] - row_offset, coeffs.count[y]);
             let weights = &coeffs.weights[y * coeffs.ksize..][..n];
             let taps = &src[start * row_len..(start + n) * row_len];
@@ -958,18 +972,12 @@ mod avx2 {
                         *acc = _mm256_add_epi32(*acc, _mm256_mullo_epi32(v, w));
                     }
                 }
-                // SAFETY: `x + 32 ≤ row_len` and `y < out_height`: inside the reserved capacity.
-                unsafe {
-                    _mm256_storeu_si256(
-                        out.as_mut_ptr().add(y * row_len + x).cast(),
-                        clip8_pack(acc),
-                    )
-                };
+                let dst = &mut out_row[x..x + 32];
+                // SAFETY: `dst` is 32 bytes long (writing initialises `MaybeUninit` bytes).
+                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), clip8_pack(acc)) };
             }
+            // The tiles cover bytes `0..row_len` of the row: all of it is written.
         }
-        // SAFETY: the tiles cover bytes `0..row_len` of every row `y < out_height`.
-        unsafe { out.set_len(out_height * row_len) };
-        out
     }
 }
 
@@ -993,6 +1001,23 @@ pub fn pillow_resize<const C: usize>(
     )
 }
 
+/// Output rows per strip when both passes run: the horizontal pass produces the source rows a
+/// strip needs into a small window (L2-resident) that the vertical pass reads right away,
+/// instead of a whole intermediate image.
+const STRIP_ROWS: usize = 32;
+
+/// A vector of `len` bytes filled by `write`.
+///
+/// # Safety
+/// `write` must write every byte of the slice it is given.
+unsafe fn filled_vec(len: usize, write: impl FnOnce(&mut [MaybeUninit<u8>])) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    write(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `write` initialised all `len` bytes.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// [`pillow_resize`] with the given kernels.
 fn pillow_resize_with<const C: usize>(
     kernels: ResizeKernels,
@@ -1005,20 +1030,79 @@ fn pillow_resize_with<const C: usize>(
     if (out_width, out_height) == (width, height) {
         return src.to_vec();
     }
-    let vertical = precompute_coefficients(height, out_height, filter);
-    let first_row = vertical.first[0];
-    let last = out_height - 1;
-    let end_row = vertical.first[last] + vertical.count[last];
+    let row_len = out_width * C;
     if out_width == width {
-        return kernels.vertical(src, width * C, 0, &vertical);
+        let vertical = precompute_coefficients(height, out_height, filter);
+        // SAFETY: the vertical pass writes every byte of its output rows.
+        return unsafe {
+            filled_vec(out_height * row_len, |out| {
+                kernels.vertical(src, row_len, 0, &vertical, 0..out_height, out)
+            })
+        };
     }
     let horizontal = precompute_coefficients(width, out_width, filter);
     if out_height == height {
-        return kernels.horizontal::<C>(src, width, 0..height, &horizontal);
+        // SAFETY: the horizontal pass writes every byte of its output rows.
+        return unsafe {
+            filled_vec(height * row_len, |out| {
+                kernels.horizontal::<C>(src, width, 0..height, &horizontal, out)
+            })
+        };
     }
-    let rows = first_row..end_row;
-    let data = kernels.horizontal::<C>(src, width, rows, &horizontal);
-    kernels.vertical(&data, out_width * C, first_row, &vertical)
+    let vertical = precompute_coefficients(height, out_height, filter);
+    let end_row = vertical.first[out_height - 1] + vertical.count[out_height - 1];
+    // Horizontal-pass rows `start..end` of the source are held in `window` (row `start` first).
+    let mut window: Vec<MaybeUninit<u8>> = Vec::new();
+    let (mut start, mut end) = (vertical.first[0], vertical.first[0]);
+    let mut strip = |out: &mut [MaybeUninit<u8>], ys: Range<usize>| {
+        // `first` and `first + count` never decrease with the output row.
+        let needed = vertical.first[ys.start]
+            ..ys.clone()
+                .map(|y| vertical.first[y] + vertical.count[y])
+                .max()
+                .expect("non-empty strip");
+        // Drop the rows no later output row needs, keep the rest at the front.
+        if needed.start >= end {
+            (start, end) = (needed.start, needed.start);
+        } else if needed.start > start {
+            window.copy_within((needed.start - start) * row_len..(end - start) * row_len, 0);
+            start = needed.start;
+        }
+        if needed.end > end {
+            // New rows in whole blocks of 8 (the AVX2 pass's block) up to the last needed row;
+            // fewer than 8 only at the end, then re-computing up to 8 held rows instead (same
+            // bytes).
+            let to = (end + (needed.end - end).next_multiple_of(8)).min(end_row);
+            let from = if to - end < 8 {
+                to.saturating_sub(8).max(start)
+            } else {
+                end
+            };
+            let held = (to - start) * row_len;
+            if window.len() < held {
+                window.resize(held, MaybeUninit::uninit());
+            }
+            let new_rows = &mut window[(from - start) * row_len..held];
+            kernels.horizontal::<C>(src, width, from..to, &horizontal, new_rows);
+            end = to;
+        }
+        // SAFETY: rows `start..end` of the window were written by the horizontal pass (held
+        // from earlier strips or written just above).
+        let rows = unsafe {
+            std::slice::from_raw_parts(window.as_ptr().cast::<u8>(), (end - start) * row_len)
+        };
+        kernels.vertical(rows, row_len, start, &vertical, ys, out);
+    };
+    // SAFETY: the strips cover output rows `0..out_height` and the vertical pass writes every
+    // byte of its rows.
+    unsafe {
+        filled_vec(out_height * row_len, |out| {
+            for (i, rows) in out.chunks_mut(STRIP_ROWS * row_len).enumerate() {
+                let y0 = i * STRIP_ROWS;
+                strip(rows, y0..y0 + rows.len() / row_len);
+            }
+        })
+    }
 }
 
 /// Pillow's NEAREST resize (used for palette images whatever filter is asked).
@@ -1639,9 +1723,41 @@ mod tests {
         check_kernels_agree::<4>(4);
     }
 
+    fn horizontal_vec<const C: usize>(
+        kernels: ResizeKernels,
+        src: &[u8],
+        src_width: usize,
+        rows: Range<usize>,
+        coeffs: &Coefficients,
+    ) -> Vec<u8> {
+        let len = rows.len() * coeffs.first.len() * C;
+        // SAFETY: the horizontal pass writes every byte of its output.
+        unsafe {
+            filled_vec(len, |out| {
+                kernels.horizontal::<C>(src, src_width, rows, coeffs, out)
+            })
+        }
+    }
+
+    fn vertical_vec(
+        kernels: ResizeKernels,
+        src: &[u8],
+        (row_len, row_offset): (usize, usize),
+        coeffs: &Coefficients,
+        ys: Range<usize>,
+    ) -> Vec<u8> {
+        // SAFETY: the vertical pass writes every byte of its output.
+        unsafe {
+            filled_vec(ys.len() * row_len, |out| {
+                kernels.vertical(src, row_len, row_offset, coeffs, ys, out)
+            })
+        }
+    }
+
     #[test]
     fn resize_passes_agree_on_row_ranges_and_offsets() {
         let mut rng = SplitMix(7);
+        let plain = ResizeKernels::Plain;
         for (w, ow, filter) in [
             (37usize, 50usize, ResampleFilter::Bicubic),
             (50, 37, ResampleFilter::Bicubic),
@@ -1652,18 +1768,52 @@ mod tests {
             let h = 21;
             let src3 = rng.image(w * h * 3);
             let src4 = rng.image(w * h * 4);
-            let plain3 = resample_horizontal::<3>(&src3, w, 2..h, &coeffs);
-            let plain4 = resample_horizontal::<4>(&src4, w, 0..h - 3, &coeffs);
+            let plain3 = horizontal_vec::<3>(plain, &src3, w, 2..h, &coeffs);
+            let plain4 = horizontal_vec::<4>(plain, &src4, w, 0..h - 3, &coeffs);
             // Vertical: `src` holds source rows 3 .. h + 3 (as after a horizontal pass that
-            // started at row 3); the weights address rows from 3 on.
+            // started at row 3); the weights address rows from 3 on; output rows 1 .. ow - 2.
             let mut vcoeffs = precompute_coefficients(h, ow, filter);
             vcoeffs.first.iter_mut().for_each(|f| *f += 3);
             let tall = rng.image(h * w * 3);
-            let plain_v = resample_vertical(&tall, w * 3, 3, &vcoeffs);
+            let ys = 1..ow - 2;
+            let plain_v = vertical_vec(plain, &tall, (w * 3, 3), &vcoeffs, ys.clone());
             for kernels in all_kernels() {
-                assert_eq!(kernels.horizontal::<3>(&src3, w, 2..h, &coeffs), plain3);
-                assert_eq!(kernels.horizontal::<4>(&src4, w, 0..h - 3, &coeffs), plain4);
-                assert_eq!(kernels.vertical(&tall, w * 3, 3, &vcoeffs), plain_v);
+                assert_eq!(
+                    horizontal_vec::<3>(kernels, &src3, w, 2..h, &coeffs),
+                    plain3
+                );
+                assert_eq!(
+                    horizontal_vec::<4>(kernels, &src4, w, 0..h - 3, &coeffs),
+                    plain4
+                );
+                let v = vertical_vec(kernels, &tall, (w * 3, 3), &vcoeffs, ys.clone());
+                assert_eq!(v, plain_v);
+            }
+        }
+    }
+
+    /// The strip-by-strip driver gives the same bytes as one horizontal pass over all rows
+    /// followed by one vertical pass (the two-pass order Pillow runs), whatever the kernels.
+    #[test]
+    fn strips_equal_two_whole_passes() {
+        let mut rng = SplitMix(11);
+        for ((w, h), (ow, oh)) in [
+            ((640, 480), (644, 476)),
+            ((480, 640), (476, 644)),
+            ((300, 200), (90, 500)),
+            ((90, 500), (300, 37)),
+            ((50, 9), (61, 200)),
+        ] {
+            let src = rng.image(w * h * 3);
+            let filter = ResampleFilter::Bicubic;
+            let hc = precompute_coefficients(w, ow, filter);
+            let vc = precompute_coefficients(h, oh, filter);
+            let rows = vc.first[0]..vc.first[oh - 1] + vc.count[oh - 1];
+            for kernels in all_kernels() {
+                let mid = horizontal_vec::<3>(kernels, &src, w, rows.clone(), &hc);
+                let whole = vertical_vec(kernels, &mid, (ow * 3, rows.start), &vc, 0..oh);
+                let strips = pillow_resize_with::<3>(kernels, &src, (w, h), (ow, oh), filter);
+                assert!(whole == strips, "{kernels:?} {w}x{h} -> {ow}x{oh}");
             }
         }
     }
