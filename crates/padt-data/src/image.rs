@@ -724,13 +724,14 @@ mod avx2 {
     const LANES: usize = 8;
 
     /// Whether [`resample_horizontal`] handles this shape: 1 to 4 channels, at least one
-    /// 8-byte tile in a source and in an output row, at least one block of 8 rows.
+    /// 8-byte tile in a source row, one group of 8 pixels in an output row, one block of 8
+    /// rows.
     pub(super) fn horizontal_fits<const C: usize>(
         src_width: usize,
         out_width: usize,
         rows: usize,
     ) -> bool {
-        (1..=4).contains(&C) && src_width * C >= LANES && out_width * C >= LANES && rows >= LANES
+        (1..=4).contains(&C) && src_width * C >= LANES && out_width >= LANES && rows >= LANES
     }
 
     /// Whether [`resample_vertical`] handles rows of `row_len` bytes (one 32-byte chunk).
@@ -863,9 +864,10 @@ mod avx2 {
 
     /// The horizontal pass on blocks of 8 source rows: a block is transposed into column-major
     /// bytes (`columns[j · 8 + r]` = byte `j` of block row `r`), so that one tap of one channel
-    /// is a single 8-lane multiply-add over the 8 rows; the clipped results, column-major too,
-    /// are transposed back into the output rows. A last partial block is replaced by the last
-    /// 8 rows (rows computed twice, same bytes).
+    /// is a single 8-lane multiply-add over the 8 rows; the clipped results of 8 output pixels,
+    /// column-major too (`8 · C` columns, in L1), are transposed back into the output rows. A
+    /// last partial block of rows (group of pixels) is replaced by the last 8 rows (pixels):
+    /// computed twice, same bytes.
     ///
     /// # Shapes
     /// - `src`: `[H, src_width, C]` u8, of which rows `rows` are read
@@ -886,8 +888,8 @@ mod avx2 {
         assert_eq!(out.len(), row_count * out_len);
         let src = &src[rows.start * in_len..rows.end * in_len];
         let mut columns = vec![0u8; in_len * LANES];
-        // 32 spare bytes: each pixel's store writes 4 channels' worth.
-        let mut out_columns = vec![0u8; out_len * LANES + 32];
+        // One group of 8 output pixels; 32 spare bytes: each pixel's store writes 4 channels.
+        let mut group = [0u8; LANES * 4 * LANES + 32];
         let half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
         for block in 0..row_count.div_ceil(LANES) {
             let y0 = (block * LANES).min(row_count - LANES);
@@ -903,38 +905,41 @@ mod avx2 {
                     )
                 };
             }
-            for x in 0..out_width {
-                let (start, n) = (coeffs.first[x], coeffs.count[x]);
-                let weights = &coeffs.weights[x * coeffs.ksize..][..n];
-                let taps = &columns[start * C * LANES..(start + n) * C * LANES];
-                // Bicubic near scale 1 has 4 or 5 taps: unrolled.
-                let acc = match n {
-                    4 => horizontal_taps::<C, 4>(taps, weights, [half; 4]),
-                    5 => horizontal_taps::<C, 5>(taps, weights, [half; 4]),
-                    _ => horizontal_taps::<C, 0>(taps, weights, [half; 4]),
-                };
-                let dst = &mut out_columns[x * C * LANES..][..32];
-                // SAFETY: `dst` is 32 bytes long.
-                unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), clip8_pack(acc)) };
-            }
             let block_out = out[y0 * out_len..(y0 + LANES) * out_len]
                 .as_mut_ptr()
                 .cast::<u8>();
-            for j in tiles(out_len, LANES) {
-                // SAFETY: `j + 8 ≤ out_len`: the source (8 columns of 8 bytes from `j · 8`)
-                // is inside `out_columns`, and the 8 rows (stride `out_len`) of `block_out`
-                // have 8 bytes at `j` (writing initialises `MaybeUninit` bytes).
-                unsafe {
-                    columns_to_rows(
-                        out_columns.as_ptr().add(j * LANES),
-                        block_out.add(j),
-                        out_len,
-                    )
-                };
+            for x0 in tiles(out_width, LANES) {
+                for (p, x) in (x0..x0 + LANES).enumerate() {
+                    let (start, n) = (coeffs.first[x], coeffs.count[x]);
+                    let weights = &coeffs.weights[x * coeffs.ksize..][..n];
+                    let taps = &columns[start * C * LANES..(start + n) * C * LANES];
+                    // Bicubic near scale 1 has 4 or 5 taps: unrolled.
+                    let acc = match n {
+                        4 => horizontal_taps::<C, 4>(taps, weights, [half; 4]),
+                        5 => horizontal_taps::<C, 5>(taps, weights, [half; 4]),
+                        _ => horizontal_taps::<C, 0>(taps, weights, [half; 4]),
+                    };
+                    let dst = &mut group[p * C * LANES..][..32];
+                    // SAFETY: `dst` is 32 bytes long.
+                    unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), clip8_pack(acc)) };
+                }
+                for tile in 0..C {
+                    // SAFETY: the group holds `8 · C` columns of 8 bytes, `tile < C`; the 8
+                    // rows (stride `out_len`) of `block_out` have the `8 · C` bytes from
+                    // `x0 · C` since `x0 + 8 ≤ out_width` (writing initialises `MaybeUninit`
+                    // bytes).
+                    unsafe {
+                        columns_to_rows(
+                            group.as_ptr().add(tile * LANES * LANES),
+                            block_out.add(x0 * C + tile * LANES),
+                            out_len,
+                        )
+                    };
+                }
             }
         }
-        // The blocks cover rows `0..row_count` and the tiles bytes `0..out_len` of each: every
-        // byte of `out` is written.
+        // The blocks cover rows `0..row_count` and the groups pixels `0..out_width` of each:
+        // every byte of `out` is written.
     }
 
     /// The vertical pass, 32 bytes of an output row at a time, the 4 accumulators of the
