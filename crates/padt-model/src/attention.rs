@@ -16,6 +16,32 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 /// The bias value of a masked key (added to its score).
 pub const MASKED: f32 = f32::MIN;
 
+/// `x` as a new row-major contiguous tensor, made by multiplying it with the identity (exact:
+/// every output is `1·x + 0·…`). The CPU backend's matmul reads strided and broadcast operands
+/// at full speed, where its copy of a permuted or expanded view walks element by element; and
+/// the matmul's backward hands a contiguous gradient to whatever produced `x`, whatever layout
+/// the gradient arrives in. Placed right after a `reshape`, that keeps the reshape's backward
+/// a free relabelling instead of an element-by-element copy of a permuted gradient.
+///
+/// # Shapes
+/// - `x`: `[..., dim]` → `[..., dim]`
+pub fn identity_matmul<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dim = x.dims()[D - 1];
+    let eye = Tensor::<B, 2>::eye(dim, &x.device()).cast(x.dtype());
+    x.matmul(eye.unsqueeze::<D>())
+}
+
+/// `x.swap_dims(1, 2)` as a new contiguous tensor whose backward also returns a contiguous
+/// gradient for `x` ([`identity_matmul`] on both sides of the swap). Heads-first attention
+/// operands are made with it from `[batch, len, heads, head_dim]` reshapes, and the attention
+/// output goes back through it.
+///
+/// # Shapes
+/// - `x`: `[a, b, c, dim]` → `[a, c, b, dim]`
+pub fn swap_dims_1_2_contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    identity_matmul(identity_matmul(x).swap_dims(1, 2))
+}
+
 /// Scaled dot-product attention with grouped-query heads.
 ///
 /// Grouped-query attention folds each group of query heads into the query axis (`[batch,
@@ -92,9 +118,11 @@ pub fn varlen_attention<B: Backend>(
 
     if lens.iter().all(|&l| l == max_len) {
         // Equal lengths (one sequence included): a reshape, no gather and no mask.
-        let split = |x: Tensor<B, 3>| x.reshape([n_seq, max_len, heads, head_dim]).swap_dims(1, 2);
+        let split = |x: Tensor<B, 3>| {
+            swap_dims_1_2_contiguous(x.reshape([n_seq, max_len, heads, head_dim]))
+        };
         let out = attention(split(q), split(k), split(v), None, scale);
-        return out.swap_dims(1, 2).reshape([tokens, heads, head_dim]);
+        return swap_dims_1_2_contiguous(out).reshape([tokens, heads, head_dim]);
     }
     // Unequal lengths: the per-sequence padded batch (empty sequences removed).
     let mut cu: Vec<usize> = cu_seqlens.to_vec();
@@ -153,9 +181,7 @@ pub fn varlen_cross_attention<B: Backend>(
     let key_pad =
         Tensor::<B, 4>::from_data(TensorData::new(pad, [n_seq, heads, max_q, max_k]), &device);
     let batch = |x: Tensor<B, 3>, idx: Tensor<B, 1, Int>, len: usize| {
-        x.select(0, idx)
-            .reshape([n_seq, len, heads, head_dim])
-            .swap_dims(1, 2)
+        swap_dims_1_2_contiguous(x.select(0, idx).reshape([n_seq, len, heads, head_dim]))
     };
     let out = attention(
         batch(q, q_idx, max_q),
@@ -168,7 +194,7 @@ pub fn varlen_cross_attention<B: Backend>(
     for (i, &len) in q_lens.iter().enumerate() {
         keep.extend((0..len).map(|j| (i * max_q + j) as i64));
     }
-    out.swap_dims(1, 2)
+    swap_dims_1_2_contiguous(out)
         .reshape([n_seq * max_q, heads, head_dim])
         .select(0, to_tensor(keep))
 }

@@ -311,6 +311,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Packer<B> {
         let value = param.val().inner();
         let numel: usize = value.dims().iter().product();
         let flat = match self.grads.remove::<B::InnerBackend, D>(param.id) {
+            // Weight gradients of `x · Wᵀ` arrive as transposed views: the identity matmul
+            // lays them out row-major at matmul speed (the backend's own copy of a permuted
+            // view walks element by element).
+            Some(g) if D >= 2 => padt_model::attention::identity_matmul(g).reshape([numel]),
             Some(g) => g.reshape([numel]),
             None => Tensor::zeros([numel], &value.device()),
         };

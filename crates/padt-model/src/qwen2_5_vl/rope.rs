@@ -4,6 +4,7 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
+use crate::attention::identity_matmul;
 use crate::error::{ModelError, Result};
 
 /// Image grid `(t, h, w)` in patch units (`image_grid_thw`).
@@ -31,8 +32,8 @@ impl<B: Backend, const D: usize> Rotary<B, D> {
     pub fn new(cos: Tensor<B, D>, sin: Tensor<B, D>, shape: [usize; D], dtype: DType) -> Self {
         let device = cos.device();
         Self {
-            cos: contiguous(cos.cast(dtype).expand(shape)),
-            sin: contiguous(sin.cast(dtype).expand(shape)),
+            cos: identity_matmul(cos.cast(dtype).expand(shape)),
+            sin: identity_matmul(sin.cast(dtype).expand(shape)),
             rotate_half: rotate_half_matrix::<B>(shape[D - 1], &device).cast(dtype),
         }
     }
@@ -65,27 +66,6 @@ fn rotate_half_matrix<B: Backend>(dim: usize, device: &B::Device) -> Tensor<B, 2
         r[j * dim + j + half] = 1.0;
     }
     Tensor::from_data(TensorData::new(r, [dim, dim]), device)
-}
-
-/// `x` with a row-major contiguous layout (a copy only when it is a broadcast or permuted view):
-/// a reshape to one dimension cannot keep such a view's strides, so the backend copies it.
-fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let shape = x.dims();
-    let n = x.shape().num_elements();
-    x.reshape([n]).reshape(shape)
-}
-
-/// `x.swap_dims(1, 2)` as a new contiguous tensor, made by multiplying the swapped view with
-/// the identity: the CPU backend's matmul reads strided operands at full speed, where its
-/// copy of a permuted 4-D view walks element by element.
-///
-/// # Shapes
-/// - `x`: `[a, b, c, dim]` → `[a, c, b, dim]`
-pub fn swap_dims_1_2_contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let dim = x.dims()[3];
-    let device = x.device();
-    let eye = Tensor::<B, 2>::eye(dim, &device).cast(x.dtype());
-    x.swap_dims(1, 2).matmul(eye.unsqueeze::<4>())
 }
 
 /// Inverse frequencies `1 / theta^(2i/dim)` for `i < dim/2`, computed in f32 as torch does.

@@ -5,9 +5,9 @@ use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use super::config::Qwen2_5VlConfig;
-use super::rope::{mrope_tables, swap_dims_1_2_contiguous, MropePositions, Rotary};
+use super::rope::{mrope_tables, MropePositions, Rotary};
 use super::vision::GatedMlp;
-use crate::attention::{attention, MASKED};
+use crate::attention::{attention, swap_dims_1_2_contiguous, MASKED};
 use crate::error::{ModelError, Result};
 use crate::layers::{Embedding, Linear, RmsNorm};
 
@@ -93,11 +93,7 @@ impl<B: Backend> TextAttention<B> {
         let mut k = context
             .rotary_k
             .apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
-        let mut v = self
-            .v_proj
-            .forward(x)
-            .reshape([batch, len, self.num_kv_heads, head_dim])
-            .swap_dims(1, 2);
+        let mut v = heads(self.v_proj.forward(x), self.num_kv_heads);
         if let Some(slot) = cache {
             if let Some(prev) = slot.take() {
                 k = Tensor::cat(vec![prev.keys, k], 2);
