@@ -1294,12 +1294,97 @@ fn write_partial(dir: &Path, partial: &PartialManifest) -> Result<(), ShardError
 ///
 /// [`ShardDataset::open`] validates the manifest and checks that every shard file exists with
 /// the recorded size (a cheap truncation check). Whole-shard reads ([`ShardDataset::read_shard`],
-/// [`ShardDataset::iter`]) also check the sha256; [`ShardDataset::get`] reads one row group.
+/// [`ShardDataset::iter`]) also check the sha256; [`ShardDataset::get`] reads one block of
+/// [`CACHE_BLOCK_ROWS`] rows and keeps recently read blocks decoded (clones share the cache).
 #[derive(Debug, Clone)]
 pub struct ShardDataset {
     dir: PathBuf,
     manifest: Manifest,
     offsets: Vec<u64>,
+    cache: std::sync::Arc<Mutex<BlockCache>>,
+}
+
+/// Rows per block that [`ShardDataset::get`] decodes and caches: the row group of embedded
+/// shards, so a block is one row group there.
+pub const CACHE_BLOCK_ROWS: usize = EMBEDDED_ROW_GROUP;
+
+/// Default budget of [`ShardDataset`]'s block cache: 256 MiB of image bytes (plus 1 KiB per
+/// record for the rest). A dataset that fits is decoded once; a larger one keeps the most
+/// recently used blocks.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+/// A cached block: its records, the bytes charged for it, its last use.
+#[derive(Debug)]
+struct CachedBlock {
+    records: std::sync::Arc<Vec<StoredRecord>>,
+    bytes: u64,
+    last_use: u64,
+}
+
+/// Decoded blocks of rows by (shard, block index), least recently used evicted first.
+#[derive(Debug)]
+struct BlockCache {
+    budget: u64,
+    used: u64,
+    clock: u64,
+    blocks: std::collections::HashMap<(usize, usize), CachedBlock>,
+}
+
+impl BlockCache {
+    fn new(budget: u64) -> Self {
+        BlockCache {
+            budget,
+            used: 0,
+            clock: 0,
+            blocks: Default::default(),
+        }
+    }
+
+    fn get(&mut self, key: (usize, usize)) -> Option<std::sync::Arc<Vec<StoredRecord>>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.blocks.get_mut(&key).map(|block| {
+            block.last_use = clock;
+            block.records.clone()
+        })
+    }
+
+    /// Keeps `records` unless they alone exceed the budget; evicts the least recently used.
+    fn insert(&mut self, key: (usize, usize), records: std::sync::Arc<Vec<StoredRecord>>) {
+        let bytes: u64 = records
+            .iter()
+            .map(|r| match &r.image {
+                StoredImage::Bytes(b) => b.len() as u64 + 1024,
+                StoredImage::Path(_) => 1024,
+            })
+            .sum();
+        if bytes > self.budget {
+            return;
+        }
+        while self.used + bytes > self.budget {
+            let Some(oldest) = self
+                .blocks
+                .iter()
+                .min_by_key(|(_, block)| block.last_use)
+                .map(|(key, _)| *key)
+            else {
+                break;
+            };
+            if let Some(evicted) = self.blocks.remove(&oldest) {
+                self.used -= evicted.bytes;
+            }
+        }
+        self.clock += 1;
+        let block = CachedBlock {
+            records,
+            bytes,
+            last_use: self.clock,
+        };
+        if let Some(old) = self.blocks.insert(key, block) {
+            self.used -= old.bytes;
+        }
+        self.used += bytes;
+    }
 }
 
 impl ShardDataset {
@@ -1325,7 +1410,15 @@ impl ShardDataset {
             dir: dir.to_path_buf(),
             manifest,
             offsets,
+            cache: std::sync::Arc::new(Mutex::new(BlockCache::new(DEFAULT_CACHE_BYTES))),
         })
+    }
+
+    /// The same dataset with a block cache of `bytes` (0: no cache, every
+    /// [`ShardDataset::get`] decodes its block). Clones made afterwards share the new cache.
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = std::sync::Arc::new(Mutex::new(BlockCache::new(bytes)));
+        self
     }
 
     /// The manifest.
@@ -1437,23 +1530,62 @@ impl ShardDataset {
         dataframe_to_meta(&df, &path)
     }
 
-    /// Reads the record at a global index (shard offsets + row index; reads one row group).
+    /// Reads the record at a global index: decodes the block of [`CACHE_BLOCK_ROWS`] rows that
+    /// holds it, or takes it from the block cache.
     pub fn get(&self, index: u64) -> Result<StoredRecord, ShardError> {
         let (k, row) = self.locate(index)?;
+        let key = (k, row / CACHE_BLOCK_ROWS);
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key);
+        let block = match cached {
+            Some(block) => block,
+            None => {
+                let block = std::sync::Arc::new(self.read_block(k, key.1)?);
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, block.clone());
+                block
+            }
+        };
         let path = self.shard_path(k);
-        let file = std::fs::File::open(&path).map_err(io_err(&path))?;
-        let df = parquet_read(&path, move || {
-            ParquetReader::new(file).with_slice(Some((row, 1))).finish()
-        })?;
-        let mut records = dataframe_to_records(&df, &path)?;
-        if records.len() != 1 {
-            return Err(ShardError::Row {
+        block
+            .get(row % CACHE_BLOCK_ROWS)
+            .cloned()
+            .ok_or_else(|| ShardError::Row {
                 path,
                 row,
-                message: format!("reading one row returned {} rows", records.len()),
+                message: format!("the shard ends before row {row} (manifest out of date?)"),
+            })
+    }
+
+    /// Rows `block * CACHE_BLOCK_ROWS ..` (at most [`CACHE_BLOCK_ROWS`]) of shard `k`.
+    fn read_block(&self, k: usize, block: usize) -> Result<Vec<StoredRecord>, ShardError> {
+        let path = self.shard_path(k);
+        let first = block * CACHE_BLOCK_ROWS;
+        let rows = (self.manifest.shards[k].records as usize).saturating_sub(first);
+        let len = rows.min(CACHE_BLOCK_ROWS);
+        let file = std::fs::File::open(&path).map_err(io_err(&path))?;
+        let df = parquet_read(&path, move || {
+            ParquetReader::new(file)
+                .with_slice(Some((first, len)))
+                .finish()
+        })?;
+        let records = dataframe_to_records(&df, &path)?;
+        if records.len() != len {
+            return Err(ShardError::Row {
+                path,
+                row: first,
+                message: format!(
+                    "reading {len} rows from row {first} returned {}",
+                    records.len()
+                ),
             });
         }
-        Ok(records.remove(0))
+        Ok(records)
     }
 
     /// Every record in order, shard by shard (each shard's sha256 is checked when it is read).

@@ -403,3 +403,44 @@ fn empty_source_gives_an_empty_dataset() {
     assert!(ds.is_empty());
     assert_eq!(ds.iter().count(), 0);
 }
+
+#[test]
+fn random_access_is_the_same_with_any_block_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 records over shards of 70 and 30: blocks of 32 rows end inside shards, and the
+    // last block of each shard is partial.
+    let template = bytes_items();
+    let items: Vec<SourceItem> = (0..100)
+        .map(|i| {
+            let mut item = template[i % template.len()].clone();
+            item.record.id = i as i64;
+            item.image = ImageData::Bytes(vec![(i * 7) as u8; 100 + i]);
+            item
+        })
+        .collect();
+    write_dataset(
+        dir.path(),
+        &items,
+        &DropCounts::new(),
+        &options(ImageMode::Embedded, 70),
+        &no_progress,
+    )
+    .unwrap();
+    let open = || ShardDataset::open(dir.path()).unwrap();
+    let all: Vec<_> = open().iter().collect::<Result<_, _>>().unwrap();
+    // A permutation that jumps between shards and blocks, visited twice (second pass: hits).
+    let order: Vec<u64> = (0..200u64).map(|i| (i * 37) % 100).collect();
+    // Default cache (everything fits), a budget of about one block (evictions on every
+    // miss), and no cache.
+    for ds in [
+        open(),
+        open().with_cache_bytes(40 * 1024),
+        open().with_cache_bytes(0),
+    ] {
+        let shared = ds.clone();
+        for &i in &order {
+            assert_eq!(shared.get(i).unwrap(), all[i as usize], "record {i}");
+            assert_eq!(ds.get(i).unwrap().record.id, i as i64);
+        }
+    }
+}
