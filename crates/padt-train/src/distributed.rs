@@ -426,9 +426,11 @@ impl LocalGroup {
                     expected,
                 });
             }
-            let mut sum = vec![0.0f64; expected];
-            for s in &slots {
-                for (acc, v) in sum.iter_mut().zip(s) {
+            // Rank 0's buffer is the accumulator (no zeroed allocation of the gradient size).
+            let mut slots = slots.into_iter();
+            let mut sum = slots.next().unwrap_or_default();
+            for s in slots {
+                for (acc, v) in sum.iter_mut().zip(&s) {
                     *acc += v;
                 }
             }

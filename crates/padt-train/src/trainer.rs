@@ -347,6 +347,14 @@ pub fn build_model<B: Backend>(
 ) -> Result<(PadtModel<B>, Vec<String>), TrainError> {
     let (padt, base) = model_config(config)?;
     let mut notes = Vec::new();
+    // The CPU backend draws random inits from one process-wide generator, lazily at a
+    // parameter's first use. Data-parallel ranks are threads of one process: without the lock
+    // and the materialisation below, their draws interleave and rank 0's init (which
+    // `broadcast_from_rank0` gives everyone) depends on thread timing. Under the lock each
+    // rank reseeds and draws every parameter in module order, so every rank (and every run)
+    // gets the single-threaded init.
+    static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _init_guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let model = match init {
         ModelInit::Random => {
             B::seed(device, config.seed);
@@ -411,7 +419,21 @@ pub fn build_model<B: Backend>(
     if config.training.precision == Precision::Bf16 {
         model.qwen.compute_dtype = DType::BF16;
     }
+    let model = materialize_params(model);
     Ok((model, notes))
+}
+
+/// Reads every parameter once, so lazily initialised ones draw their values now, in module
+/// order (see [`build_model`]).
+fn materialize_params<B: Backend, M: burn::module::Module<B>>(model: M) -> M {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+    model
 }
 
 /// The opened datasets of the recipe with the sampler over them.

@@ -663,3 +663,27 @@ fn metrics_have_peak_memory_flops_and_mfu() {
         assert!(json.get(key).is_some(), "{key} in {line}");
     }
 }
+
+#[test]
+fn random_init_is_the_same_on_concurrent_ranks() {
+    // Ranks are threads sharing the CPU backend's one random generator: each must still get
+    // the init a lone thread gets (rank 0's is broadcast, so a race would make runs differ).
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    write_shards(&shards, &golden_items(false));
+    let config = recipe(&shards, &tmp.path().join("run"), &[]);
+    let build = || {
+        let (model, _) = build_model::<A>(&config, ModelInit::Random, &Default::default()).unwrap();
+        params(&model)
+    };
+    let alone = build();
+    for _ in 0..3 {
+        let concurrent: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..3).map(|_| s.spawn(build)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for p in concurrent {
+            assert!(p == alone, "a concurrently built random init differs");
+        }
+    }
+}
