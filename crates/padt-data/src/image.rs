@@ -1362,11 +1362,16 @@ fn normalise_band(
     let plane = band_rows * width;
     let (red, rest) = band.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
+    normalise_pixels([red, green, blue], rows, lut);
+}
+
+/// `planes[c][i] = lut[c][rgb[3·i + c]]` for every pixel `i` of `rgb` (plain loop).
+fn normalise_pixels([red, green, blue]: [&mut [f32]; 3], rgb: &[u8], lut: &[[f32; 256]; 3]) {
     for (((r, g), b), px) in red
         .iter_mut()
         .zip(green.iter_mut())
         .zip(blue.iter_mut())
-        .zip(rows.chunks_exact(3))
+        .zip(rgb.chunks_exact(3))
     {
         *r = lut[0][px[0] as usize];
         *g = lut[1][px[1] as usize];
@@ -1401,6 +1406,259 @@ fn copy_patch<const P: usize>(
                 } else {
                     dst.copy_from_slice(src);
                 }
+            }
+        }
+    }
+}
+
+/// Appends the patches of one normalised band to `pixel_values` in row order (merge blocks
+/// left to right, then raster inside a block), each gathered into `patch` (one row, L1) and
+/// appended with [`append_streaming`] (plain version).
+fn append_band_patches(
+    pixel_values: &mut Vec<f32>,
+    patch: &mut [f32],
+    band: &[f32],
+    width: usize,
+    (p, m, t): (usize, usize, usize),
+) {
+    let band_rows = m * p;
+    for bw in 0..width / (p * m) {
+        for i in 0..m {
+            for j in 0..m {
+                let at = (i * p, (bw * m + j) * p);
+                if p == 14 {
+                    copy_patch::<14>(patch, band, width, band_rows, at, (p, t));
+                } else {
+                    copy_patch::<0>(patch, band, width, band_rows, at, (p, t));
+                }
+                append_streaming(pixel_values, patch);
+            }
+        }
+    }
+}
+
+/// Which code normalise + patchify run: the plain loops above, or on x86-64 CPUs with AVX2 the
+/// kernels of [`patch_avx2`] (8-lane gathers from the same LUT; patches streamed from the band
+/// straight into `pixel_values`, no row buffer). Both copy LUT entries, so the f32 values are
+/// identical (unit test `fast_patchify_equals_plain_patchify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchKernels {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl PatchKernels {
+    /// The fastest kernels this CPU runs.
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Self::Avx2;
+        }
+        Self::Plain
+    }
+
+    /// [`normalise_band`] with these kernels.
+    fn normalise_band(
+        self,
+        band: &mut [f32],
+        rows: &[u8],
+        width: usize,
+        band_rows: usize,
+        lut: &[[f32; 256]; 3],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                let plane = band_rows * width;
+                let (red, rest) = band.split_at_mut(plane);
+                let (green, blue) = rest.split_at_mut(plane);
+                // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
+                unsafe { patch_avx2::normalise_pixels([red, green, blue], rows, lut) }
+            }
+            Self::Plain => normalise_band(band, rows, width, band_rows, lut),
+        }
+    }
+
+    /// [`append_band_patches`] with these kernels (`patch` is only used by the plain path).
+    fn append_band_patches(
+        self,
+        pixel_values: &mut Vec<f32>,
+        patch: &mut [f32],
+        band: &[f32],
+        width: usize,
+        (p, m, t): (usize, usize, usize),
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 if patch_avx2::streaming_fits(pixel_values, p) => {
+                // SAFETY: `streaming_fits` checked the patch size and the alignment; SSE2 is
+                // part of x86-64.
+                unsafe { patch_avx2::append_band_patches_p14(pixel_values, band, width, (m, t)) }
+            }
+            _ => append_band_patches(pixel_values, patch, band, width, (p, m, t)),
+        }
+    }
+}
+
+/// Normalise + patchify kernels for x86-64: AVX2 gathers from the per-channel LUT, and the
+/// patches of 14 × 14 written from the band to `pixel_values` with 16-byte streaming stores.
+#[cfg(target_arch = "x86_64")]
+mod patch_avx2 {
+    use std::arch::x86_64::*;
+
+    /// `pshufb` masks that pick channel `c` out of 16 interleaved RGB pixels (48 bytes in three
+    /// 16-byte registers): `MASKS[c][j][k]` is the byte of register `j` that holds channel `c`
+    /// of pixel `k`, or −128 (zero) when it lies in another register.
+    const MASKS: [[[i8; 16]; 3]; 3] = {
+        let mut masks = [[[-128i8; 16]; 3]; 3];
+        let mut c = 0;
+        while c < 3 {
+            let mut k = 0;
+            while k < 16 {
+                let byte = 3 * k + c;
+                masks[c][byte / 16][k] = (byte % 16) as i8;
+                k += 1;
+            }
+            c += 1;
+        }
+        masks
+    };
+
+    /// [`super::normalise_pixels`] with AVX2: 16 pixels at a time are split into channels with
+    /// `pshufb`, widened to i32 and looked up with two 8-lane gathers per channel; the last
+    /// `< 16` pixels go through the plain loop. Same LUT entries, same output.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn normalise_pixels(
+        planes: [&mut [f32]; 3],
+        rgb: &[u8],
+        lut: &[[f32; 256]; 3],
+    ) {
+        let pixels = rgb.len() / 3;
+        assert!(
+            planes.iter().all(|p| p.len() >= pixels),
+            "normalise: planes"
+        );
+        let blocks = pixels / 16;
+        // SAFETY: the mask arrays are 16 bytes each (unaligned loads).
+        let masks = MASKS.map(|m| m.map(|r| unsafe { _mm_loadu_si128(r.as_ptr().cast()) }));
+        for k in 0..blocks {
+            // SAFETY: block `k` covers bytes `48k .. 48k + 48 ≤ 3 · pixels` of `rgb` and
+            // floats `16k .. 16k + 16 ≤ pixels` of each plane (asserted above); the gather
+            // indices are bytes (0..=255), inside the 256-entry tables.
+            unsafe {
+                let src = rgb.as_ptr().add(48 * k);
+                let regs = [
+                    _mm_loadu_si128(src.cast()),
+                    _mm_loadu_si128(src.add(16).cast()),
+                    _mm_loadu_si128(src.add(32).cast()),
+                ];
+                for c in 0..3 {
+                    let bytes = _mm_or_si128(
+                        _mm_or_si128(
+                            _mm_shuffle_epi8(regs[0], masks[c][0]),
+                            _mm_shuffle_epi8(regs[1], masks[c][1]),
+                        ),
+                        _mm_shuffle_epi8(regs[2], masks[c][2]),
+                    );
+                    let low = _mm256_cvtepu8_epi32(bytes);
+                    let high = _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(bytes));
+                    let table = lut[c].as_ptr();
+                    let dst = planes[c].as_mut_ptr().add(16 * k);
+                    _mm256_storeu_ps(dst, _mm256_i32gather_ps::<4>(table, low));
+                    _mm256_storeu_ps(dst.add(8), _mm256_i32gather_ps::<4>(table, high));
+                }
+            }
+        }
+        let [red, green, blue] = planes;
+        let done = 16 * blocks;
+        super::normalise_pixels(
+            [&mut red[done..], &mut green[done..], &mut blue[done..]],
+            &rgb[3 * done..],
+            lut,
+        );
+    }
+
+    /// Whether [`append_band_patches_p14`] can write the next rows of `pixel_values`: patches
+    /// of 14 (rows of `3·t·196` floats, so every 14 × 14 frame and every pair of its rows
+    /// starts on 16 bytes when the first row does) and a 16-byte aligned end of the vector.
+    pub(super) fn streaming_fits(pixel_values: &mut Vec<f32>, patch_size: usize) -> bool {
+        patch_size == 14 && (pixel_values.spare_capacity_mut().as_ptr() as usize).is_multiple_of(16)
+    }
+
+    /// Appends the patches of one normalised band of `m · 14` rows (planar `[3][m·14][W]`) to
+    /// `pixel_values` in row order, each row `[c][t][py][px]` written straight from the band:
+    /// per pair of patch rows, 28 floats as 7 streaming 16-byte stores (the 7th register joins
+    /// the end of one row and the start of the next), repeated for the `t` frames. Call
+    /// [`super::streaming_done`] after the last band.
+    ///
+    /// # Safety
+    /// [`streaming_fits`] must hold; `pixel_values` must have room for the band's patches.
+    pub(super) unsafe fn append_band_patches_p14(
+        pixel_values: &mut Vec<f32>,
+        band: &[f32],
+        width: usize,
+        (m, t): (usize, usize),
+    ) {
+        const P: usize = 14;
+        let band_rows = m * P;
+        let plane = band_rows * width;
+        let values = (width / P) * m * 3 * t * P * P;
+        assert!(band.len() >= 3 * plane, "patchify: band");
+        let spare = pixel_values.spare_capacity_mut();
+        assert!(spare.len() >= values, "patchify: pixel_values capacity");
+        let mut dst = spare.as_mut_ptr().cast::<f32>();
+        for bw in 0..width / (P * m) {
+            for i in 0..m {
+                for j in 0..m {
+                    let origin = i * P * width + (bw * m + j) * P;
+                    for c in 0..3 {
+                        for _ in 0..t {
+                            // SAFETY: the frame's rows `i·14 .. i·14 + 14` and columns
+                            // `x0 .. x0 + 14` (x0 + 14 ≤ W) lie inside plane `c` of the band
+                            // (asserted); `dst` advances by 196 floats per frame, `values` in
+                            // all, inside the spare capacity (asserted) and 16-byte aligned
+                            // (`streaming_fits`, 196 · 4 = 49 · 16).
+                            unsafe {
+                                stream_frame(band.as_ptr().add(c * plane + origin), width, dst);
+                                dst = dst.add(P * P);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // SAFETY: `values` floats after the old end were written above.
+        unsafe { pixel_values.set_len(pixel_values.len() + values) };
+    }
+
+    /// Streams the 14 × 14 frame at `src` (rows `width` floats apart) to the 196 floats at
+    /// `dst`, row after row.
+    ///
+    /// # Safety
+    /// The 14 rows of 14 floats at `src` must be readable; `dst` 16-byte aligned with 196
+    /// writable floats.
+    #[inline(always)]
+    unsafe fn stream_frame(src: *const f32, width: usize, dst: *mut f32) {
+        for pair in 0..7 {
+            // SAFETY: rows `2·pair` and `2·pair + 1` of the frame, floats 0..14 of each, are
+            // readable; the 28 destination floats start on 16 bytes (112 = 7 · 16 per pair).
+            unsafe {
+                let r0 = src.add(2 * pair * width);
+                let r1 = r0.add(width);
+                let d = dst.add(28 * pair);
+                // Floats 12, 13 of the first row and 0, 1 of the second.
+                let seam = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd(r0.add(12).cast()), r1.cast()));
+                _mm_stream_ps(d, _mm_loadu_ps(r0));
+                _mm_stream_ps(d.add(4), _mm_loadu_ps(r0.add(4)));
+                _mm_stream_ps(d.add(8), _mm_loadu_ps(r0.add(8)));
+                _mm_stream_ps(d.add(12), seam);
+                _mm_stream_ps(d.add(16), _mm_loadu_ps(r1.add(2)));
+                _mm_stream_ps(d.add(20), _mm_loadu_ps(r1.add(6)));
+                _mm_stream_ps(d.add(24), _mm_loadu_ps(r1.add(10)));
             }
         }
     }
@@ -1526,6 +1784,11 @@ impl ImageProcessor {
     /// - output `pixel_values`: `[(H/p)·(W/p), 3·t·p·p]`, rows ordered by merge block (raster),
     ///   then inside the block (raster); each row `[c][t][py][px]`.
     pub fn patchify(&self, resized: &RgbImage) -> ProcessedImage {
+        self.patchify_with(PatchKernels::detect(), resized)
+    }
+
+    /// [`Self::patchify`] with the given kernels.
+    fn patchify_with(&self, kernels: PatchKernels, resized: &RgbImage) -> ProcessedImage {
         let p = self.config.patch_size;
         let m = self.config.merge_size;
         let t = self.config.temporal_patch_size;
@@ -1539,34 +1802,22 @@ impl ImageProcessor {
         let (gh, gw) = (resized.height / p, resized.width / p);
         let patch_dim = self.config.patch_dim();
         let num_patches = gh * gw;
+        // Allocated once, not zero-filled: the bands' appends write every value.
         let mut pixel_values = Vec::with_capacity(num_patches * patch_dim);
         // One row of merge blocks at a time: its `m·p` image rows are normalised into a planar
-        // band (L2-resident, read in order), then each patch is gathered from the band into a
-        // small buffer (L1) and appended with streaming stores: the 7.4 MB output is written
-        // once, without first being read into the cache.
+        // band (L2-resident, read in order), then its patches are written to the output with
+        // streaming stores: the 7.4 MB output is written once, without first being read into
+        // the cache.
         let width = resized.width;
         let band_rows = m * p;
         let mut band = vec![0f32; 3 * band_rows * width];
         let mut patch = vec![0f32; patch_dim];
-        for bh in 0..gh / m {
-            let rows = &resized.data[bh * band_rows * width * 3..(bh + 1) * band_rows * width * 3];
-            normalise_band(&mut band, rows, width, band_rows, &self.lut);
-            for bw in 0..gw / m {
-                for i in 0..m {
-                    for j in 0..m {
-                        let at = (i * p, (bw * m + j) * p);
-                        if p == 14 {
-                            copy_patch::<14>(&mut patch, &band, width, band_rows, at, (p, t));
-                        } else {
-                            copy_patch::<0>(&mut patch, &band, width, band_rows, at, (p, t));
-                        }
-                        append_streaming(&mut pixel_values, &patch);
-                    }
-                }
-            }
+        for rows in resized.data.chunks_exact(band_rows * width * 3) {
+            kernels.normalise_band(&mut band, rows, width, band_rows, &self.lut);
+            kernels.append_band_patches(&mut pixel_values, &mut patch, &band, width, (p, m, t));
         }
         streaming_done();
-        debug_assert_eq!(pixel_values.len(), num_patches * patch_dim);
+        assert_eq!(pixel_values.len(), num_patches * patch_dim);
         ProcessedImage {
             pixel_values,
             num_patches,
@@ -1933,6 +2184,100 @@ mod tests {
                 patchify_by_formula(&config, &image),
                 "p {p} m {m} t {t}"
             );
+        }
+    }
+
+    /// The plain patch kernels and, where the CPU has them, the AVX2 ones.
+    fn all_patch_kernels() -> Vec<PatchKernels> {
+        let mut kernels = vec![PatchKernels::Plain];
+        if PatchKernels::detect() != PatchKernels::Plain {
+            kernels.push(PatchKernels::detect());
+        } else {
+            eprintln!("this CPU has no AVX2: only the plain patch kernels are tested");
+        }
+        kernels
+    }
+
+    /// Every pixel count from 0 to 70 (whole 16-pixel blocks and every tail), every byte value
+    /// in every channel: the kernels' planes are the LUT's entries.
+    #[test]
+    fn normalise_kernels_equal_the_lut() {
+        let lut = ImageProcessor::new(ImageProcessorConfig::default())
+            .unwrap()
+            .lut;
+        let mut rng = SplitMix(5);
+        for pixels in (0..=70).chain([256, 1000]) {
+            let mut rgb: Vec<u8> = (0..3 * pixels).map(|i| (i * 7 + i / 3) as u8).collect();
+            if pixels == 1000 {
+                rgb = rng.image(3 * pixels);
+            }
+            let expected: Vec<f32> = (0..3)
+                .flat_map(|c| (0..pixels).map(move |i| (c, i)))
+                .map(|(c, i)| lut[c][rgb[3 * i + c] as usize])
+                .collect();
+            for kernels in all_patch_kernels() {
+                let mut band = vec![f32::NAN; 3 * pixels];
+                kernels.normalise_band(&mut band, &rgb, pixels, 1, &lut);
+                let same = band
+                    .iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kernels:?}, {pixels} pixels");
+            }
+        }
+    }
+
+    /// Random images, grids and processor settings (per-channel means and stds that differ, so
+    /// a channel mix-up shows): the fast kernels give the plain path's `pixel_values` bit for
+    /// bit, and the plain path gives the index formula's.
+    #[test]
+    fn fast_patchify_equals_plain_patchify() {
+        let mut rng = SplitMix(13);
+        for case in 0..60 {
+            let (p, m, t) = [
+                (14, 2, 2),
+                (14, 1, 2),
+                (14, 3, 1),
+                (14, 2, 3),
+                (8, 1, 1),
+                (9, 2, 3),
+            ][case % 6];
+            let config = ImageProcessorConfig {
+                patch_size: p,
+                merge_size: m,
+                temporal_patch_size: t,
+                mean: [0.1, 0.5, 0.9].map(|x| x + rng.between(0, 100) as f32 / 1000.0),
+                std: [0.2, 0.3, 0.4].map(|x| x + rng.between(0, 100) as f32 / 1000.0),
+                ..ImageProcessorConfig::default()
+            };
+            let processor = ImageProcessor::new(config.clone()).unwrap();
+            let factor = p * m;
+            let (w, h) = (factor * rng.between(1, 12), factor * rng.between(1, 5));
+            let image = RgbImage {
+                width: w,
+                height: h,
+                data: rng.image(w * h * 3),
+            };
+            let plain = processor.patchify_with(PatchKernels::Plain, &image);
+            if case < 12 {
+                assert_eq!(plain.pixel_values, patchify_by_formula(&config, &image));
+            }
+            for kernels in all_patch_kernels() {
+                let out = processor.patchify_with(kernels, &image);
+                assert_eq!(
+                    (out.num_patches, out.patch_dim, out.grid_thw),
+                    (plain.num_patches, plain.patch_dim, plain.grid_thw)
+                );
+                let same = out
+                    .pixel_values
+                    .iter()
+                    .zip(&plain.pixel_values)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same && out.pixel_values.len() == plain.pixel_values.len(),
+                    "{kernels:?} p {p} m {m} t {t} {w}x{h}"
+                );
+            }
         }
     }
 
