@@ -11,10 +11,12 @@
 //! `tests/fixtures/data/preprocess/jpeg_decoder_comparison.json`) and zune-jpeg (through `image`,
 //! at most 8) remain as options.
 
+use std::cell::RefCell;
 use std::io::Cursor;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 
 #[path = "libjpeg_turbo.rs"]
 mod libjpeg_turbo;
@@ -579,6 +581,38 @@ fn precompute_coefficients(
     }
 }
 
+/// Coefficient tables kept per thread (most recently used first); a few image sizes make up
+/// most of a dataset (COCO: 640×480, 480×640, 640×427, ...), and each table costs a few µs of
+/// `f64` filter evaluations.
+const COEFFICIENT_CACHE_LEN: usize = 16;
+
+/// [`precompute_coefficients`] through a small per-thread cache of the last
+/// [`COEFFICIENT_CACHE_LEN`] `(in_size, out_size, filter)` triples (same tables: a pure function).
+fn cached_coefficients(
+    in_size: usize,
+    out_size: usize,
+    filter: ResampleFilter,
+) -> Rc<Coefficients> {
+    type Cache = Vec<((usize, usize, ResampleFilter), Rc<Coefficients>)>;
+    thread_local! {
+        static CACHE: RefCell<Cache> = const { RefCell::new(Vec::new()) };
+    }
+    let key = (in_size, out_size, filter);
+    CACHE.with_borrow_mut(|cache| {
+        let entry = match cache.iter().position(|(k, _)| *k == key) {
+            Some(i) => cache.remove(i),
+            None => (
+                key,
+                Rc::new(precompute_coefficients(in_size, out_size, filter)),
+            ),
+        };
+        let coefficients = Rc::clone(&entry.1);
+        cache.insert(0, entry);
+        cache.truncate(COEFFICIENT_CACHE_LEN);
+        coefficients
+    })
+}
+
 #[inline(always)]
 fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
@@ -1037,7 +1071,7 @@ fn pillow_resize_with<const C: usize>(
     }
     let row_len = out_width * C;
     if out_width == width {
-        let vertical = precompute_coefficients(height, out_height, filter);
+        let vertical = cached_coefficients(height, out_height, filter);
         // SAFETY: the vertical pass writes every byte of its output rows.
         return unsafe {
             filled_vec(out_height * row_len, |out| {
@@ -1045,7 +1079,7 @@ fn pillow_resize_with<const C: usize>(
             })
         };
     }
-    let horizontal = precompute_coefficients(width, out_width, filter);
+    let horizontal = cached_coefficients(width, out_width, filter);
     if out_height == height {
         // SAFETY: the horizontal pass writes every byte of its output rows.
         return unsafe {
@@ -1054,7 +1088,7 @@ fn pillow_resize_with<const C: usize>(
             })
         };
     }
-    let vertical = precompute_coefficients(height, out_height, filter);
+    let vertical = cached_coefficients(height, out_height, filter);
     let end_row = vertical.first[out_height - 1] + vertical.count[out_height - 1];
     // Horizontal-pass rows `start..end` of the source are held in `window` (row `start` first).
     let mut window: Vec<MaybeUninit<u8>> = Vec::new();
@@ -1438,9 +1472,10 @@ fn append_band_patches(
 }
 
 /// Which code normalise + patchify run: the plain loops above, or on x86-64 CPUs with AVX2 the
-/// kernels of [`patch_avx2`] (8-lane gathers from the same LUT; patches streamed from the band
-/// straight into `pixel_values`, no row buffer). Both copy LUT entries, so the f32 values are
-/// identical (unit test `fast_patchify_equals_plain_patchify`).
+/// kernels of [`patch_avx2`] (8-lane arithmetic with the LUT's operations, which
+/// [`ImageProcessor::new`] checks against every LUT entry before choosing it; patches streamed
+/// from the band straight into `pixel_values`, no row buffer). The f32 values are identical
+/// (unit tests `normalise_kernels_equal_the_lut`, `fast_patchify_equals_plain_patchify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PatchKernels {
     Plain,
@@ -1465,7 +1500,7 @@ impl PatchKernels {
         rows: &[u8],
         width: usize,
         band_rows: usize,
-        lut: &[[f32; 256]; 3],
+        normalisation: &Normalisation,
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -1474,10 +1509,26 @@ impl PatchKernels {
                 let (red, rest) = band.split_at_mut(plane);
                 let (green, blue) = rest.split_at_mut(plane);
                 // SAFETY: `Avx2` is only chosen when the CPU has AVX2 (`detect`).
-                unsafe { patch_avx2::normalise_pixels([red, green, blue], rows, lut) }
+                unsafe { patch_avx2::normalise_pixels([red, green, blue], rows, normalisation) }
             }
-            Self::Plain => normalise_band(band, rows, width, band_rows, lut),
+            Self::Plain => normalise_band(band, rows, width, band_rows, &normalisation.lut),
         }
+    }
+
+    /// Whether [`Self::normalise_band`] gives `normalisation`'s LUT entries for every byte
+    /// value of every channel (the whole input domain).
+    fn reproduces_lut(self, normalisation: &Normalisation) -> bool {
+        let rgb: Vec<u8> = (0..=255u8).flat_map(|v| [v; 3]).collect();
+        let mut band = vec![0f32; 3 * 256];
+        self.normalise_band(&mut band, &rgb, 256, 1, normalisation);
+        band.chunks_exact(256)
+            .zip(&normalisation.lut)
+            .all(|(plane, table)| {
+                plane
+                    .iter()
+                    .zip(table)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            })
     }
 
     /// [`append_band_patches`] with these kernels (`patch` is only used by the plain path).
@@ -1501,10 +1552,11 @@ impl PatchKernels {
     }
 }
 
-/// Normalise + patchify kernels for x86-64: AVX2 gathers from the per-channel LUT, and the
+/// Normalise + patchify kernels for x86-64: AVX2 arithmetic that gives the LUT's values, and the
 /// patches of 14 × 14 written from the band to `pixel_values` with 16-byte streaming stores.
 #[cfg(target_arch = "x86_64")]
 mod patch_avx2 {
+    use super::Normalisation;
     use std::arch::x86_64::*;
 
     /// `pshufb` masks that pick channel `c` out of 16 interleaved RGB pixels (48 bytes in three
@@ -1525,9 +1577,9 @@ mod patch_avx2 {
         masks
     };
 
-    /// [`super::normalise_pixels`] with AVX2: 16 pixels at a time are split into channels with
-    /// `pshufb`, widened to i32 and looked up with two 8-lane gathers per channel; the last
-    /// `< 16` pixels go through the plain loop. Same LUT entries, same output.
+    /// [`super::normalise_pixels`] with AVX2 arithmetic: 16 pixels at a time are split into
+    /// channels with `pshufb`, widened and normalised 8 lanes at a time by [`normalise8`]; the
+    /// last `< 16` pixels go through the plain loop (the LUT).
     ///
     /// # Safety
     /// The CPU must have AVX2.
@@ -1535,7 +1587,7 @@ mod patch_avx2 {
     pub(super) unsafe fn normalise_pixels(
         planes: [&mut [f32]; 3],
         rgb: &[u8],
-        lut: &[[f32; 256]; 3],
+        normalisation: &Normalisation,
     ) {
         let pixels = rgb.len() / 3;
         assert!(
@@ -1545,10 +1597,12 @@ mod patch_avx2 {
         let blocks = pixels / 16;
         // SAFETY: the mask arrays are 16 bytes each (unaligned loads).
         let masks = MASKS.map(|m| m.map(|r| unsafe { _mm_loadu_si128(r.as_ptr().cast()) }));
+        let rescale = _mm256_set1_pd(normalisation.rescale);
+        let mean = normalisation.mean.map(|x| _mm256_set1_ps(x));
+        let std = normalisation.std.map(|x| _mm256_set1_ps(x));
         for k in 0..blocks {
             // SAFETY: block `k` covers bytes `48k .. 48k + 48 ≤ 3 · pixels` of `rgb` and
-            // floats `16k .. 16k + 16 ≤ pixels` of each plane (asserted above); the gather
-            // indices are bytes (0..=255), inside the 256-entry tables.
+            // floats `16k .. 16k + 16 ≤ pixels` of each plane (asserted above).
             unsafe {
                 let src = rgb.as_ptr().add(48 * k);
                 let regs = [
@@ -1564,12 +1618,10 @@ mod patch_avx2 {
                         ),
                         _mm_shuffle_epi8(regs[2], masks[c][2]),
                     );
-                    let low = _mm256_cvtepu8_epi32(bytes);
-                    let high = _mm256_cvtepu8_epi32(_mm_srli_si128::<8>(bytes));
-                    let table = lut[c].as_ptr();
                     let dst = planes[c].as_mut_ptr().add(16 * k);
-                    _mm256_storeu_ps(dst, _mm256_i32gather_ps::<4>(table, low));
-                    _mm256_storeu_ps(dst.add(8), _mm256_i32gather_ps::<4>(table, high));
+                    let (low, high) = (bytes, _mm_srli_si128::<8>(bytes));
+                    _mm256_storeu_ps(dst, normalise8(low, rescale, mean[c], std[c]));
+                    _mm256_storeu_ps(dst.add(8), normalise8(high, rescale, mean[c], std[c]));
                 }
             }
         }
@@ -1578,8 +1630,25 @@ mod patch_avx2 {
         super::normalise_pixels(
             [&mut red[done..], &mut green[done..], &mut blue[done..]],
             &rgb[3 * done..],
-            lut,
+            &normalisation.lut,
         );
+    }
+
+    /// The LUT's formula on the low 8 bytes of `bytes`, the same IEEE operations in the same
+    /// order: `(f32(f64(v) · rescale) − mean) / std` (f64 multiply, round to f32, f32 subtract
+    /// and divide), so each lane is the LUT entry of its byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn normalise8(bytes: __m128i, rescale: __m256d, mean: __m256, std: __m256) -> __m256 {
+        let rescaled = |four: __m128i| {
+            _mm256_cvtpd_ps(_mm256_mul_pd(
+                _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(four)),
+                rescale,
+            ))
+        };
+        let low = rescaled(bytes);
+        let high = rescaled(_mm_srli_si128::<4>(bytes));
+        _mm256_div_ps(_mm256_sub_ps(_mm256_set_m128(high, low), mean), std)
     }
 
     /// Whether [`append_band_patches_p14`] can write the next rows of `pixel_values`: patches
@@ -1722,18 +1791,18 @@ impl ProcessedImage {
     }
 }
 
-/// The Qwen2-VL image processor (transformers 4.50 slow path) with precomputed per-channel
-/// lookup tables for rescale + normalise.
+/// Rescale + normalise of the processor: the settings and their per-channel lookup tables.
 #[derive(Debug, Clone)]
-pub struct ImageProcessor {
-    config: ImageProcessorConfig,
+struct Normalisation {
+    rescale: f64,
+    mean: [f32; 3],
+    std: [f32; 3],
     /// `lut[c][v]` = `(f32(f64(v) · rescale) − mean_c) / std_c` in f32.
     lut: [[f32; 256]; 3],
 }
 
-impl ImageProcessor {
-    pub fn new(config: ImageProcessorConfig) -> Result<Self, ImageError> {
-        config.validate("ImageProcessor::new")?;
+impl Normalisation {
+    fn new(config: &ImageProcessorConfig) -> Self {
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, out) in table.iter_mut().enumerate() {
@@ -1741,7 +1810,40 @@ impl ImageProcessor {
                 *out = (rescaled - config.mean[c]) / config.std[c];
             }
         }
-        Ok(Self { config, lut })
+        Self {
+            rescale: config.rescale_factor,
+            mean: config.mean,
+            std: config.std,
+            lut,
+        }
+    }
+}
+
+/// The Qwen2-VL image processor (transformers 4.50 slow path) with precomputed per-channel
+/// lookup tables for rescale + normalise.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    config: ImageProcessorConfig,
+    normalisation: Normalisation,
+    /// The fastest [`PatchKernels`] of this CPU whose values are the LUT's.
+    kernels: PatchKernels,
+}
+
+impl ImageProcessor {
+    pub fn new(config: ImageProcessorConfig) -> Result<Self, ImageError> {
+        config.validate("ImageProcessor::new")?;
+        let normalisation = Normalisation::new(&config);
+        // IEEE arithmetic makes the vector kernels equal to the LUT; checked anyway on all 768
+        // inputs (microseconds), so a difference could only cost speed, never exactness.
+        let kernels = match PatchKernels::detect() {
+            fast if fast.reproduces_lut(&normalisation) => fast,
+            _ => PatchKernels::Plain,
+        };
+        Ok(Self {
+            config,
+            normalisation,
+            kernels,
+        })
     }
 
     pub fn config(&self) -> &ImageProcessorConfig {
@@ -1784,7 +1886,7 @@ impl ImageProcessor {
     /// - output `pixel_values`: `[(H/p)·(W/p), 3·t·p·p]`, rows ordered by merge block (raster),
     ///   then inside the block (raster); each row `[c][t][py][px]`.
     pub fn patchify(&self, resized: &RgbImage) -> ProcessedImage {
-        self.patchify_with(PatchKernels::detect(), resized)
+        self.patchify_with(self.kernels, resized)
     }
 
     /// [`Self::patchify`] with the given kernels.
@@ -1813,7 +1915,7 @@ impl ImageProcessor {
         let mut band = vec![0f32; 3 * band_rows * width];
         let mut patch = vec![0f32; patch_dim];
         for rows in resized.data.chunks_exact(band_rows * width * 3) {
-            kernels.normalise_band(&mut band, rows, width, band_rows, &self.lut);
+            kernels.normalise_band(&mut band, rows, width, band_rows, &self.normalisation);
             kernels.append_band_patches(&mut pixel_values, &mut patch, &band, width, (p, m, t));
         }
         streaming_done();
@@ -2074,6 +2176,28 @@ mod tests {
         }
     }
 
+    /// The per-thread cache gives the tables [`precompute_coefficients`] computes, for more
+    /// size pairs than it holds, each asked for several times (hits, misses and evictions).
+    #[test]
+    fn cached_coefficients_equal_fresh_ones() {
+        let mut rng = SplitMix(17);
+        for _ in 0..200 {
+            let (n, m) = (rng.between(1, 6), rng.between(1, 6));
+            let filter = if rng.next().is_multiple_of(2) {
+                ResampleFilter::Bicubic
+            } else {
+                ResampleFilter::Lanczos
+            };
+            let cached = cached_coefficients(n, m, filter);
+            let fresh = precompute_coefficients(n, m, filter);
+            assert_eq!(
+                (cached.ksize, &cached.first, &cached.count, &cached.weights),
+                (fresh.ksize, &fresh.first, &fresh.count, &fresh.weights),
+                "{n} -> {m} {filter:?}"
+            );
+        }
+    }
+
     fn fixture_jpeg() -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/data/preprocess/inputs/rocket_213x142_q90_420_jpg.jpg");
@@ -2128,7 +2252,10 @@ mod tests {
 
     /// The processor's patchify written as the plain index formula.
     fn patchify_by_formula(config: &ImageProcessorConfig, image: &RgbImage) -> Vec<f32> {
-        let lut = ImageProcessor::new(config.clone()).unwrap().lut;
+        let lut = ImageProcessor::new(config.clone())
+            .unwrap()
+            .normalisation
+            .lut;
         let (p, m, t) = (
             config.patch_size,
             config.merge_size,
@@ -2199,30 +2326,44 @@ mod tests {
     }
 
     /// Every pixel count from 0 to 70 (whole 16-pixel blocks and every tail), every byte value
-    /// in every channel: the kernels' planes are the LUT's entries.
+    /// in every channel, several settings: the kernels' planes are the LUT's entries, and the
+    /// processor picks the fastest kernels.
     #[test]
     fn normalise_kernels_equal_the_lut() {
-        let lut = ImageProcessor::new(ImageProcessorConfig::default())
-            .unwrap()
-            .lut;
         let mut rng = SplitMix(5);
-        for pixels in (0..=70).chain([256, 1000]) {
-            let mut rgb: Vec<u8> = (0..3 * pixels).map(|i| (i * 7 + i / 3) as u8).collect();
-            if pixels == 1000 {
-                rgb = rng.image(3 * pixels);
-            }
-            let expected: Vec<f32> = (0..3)
-                .flat_map(|c| (0..pixels).map(move |i| (c, i)))
-                .map(|(c, i)| lut[c][rgb[3 * i + c] as usize])
-                .collect();
-            for kernels in all_patch_kernels() {
-                let mut band = vec![f32::NAN; 3 * pixels];
-                kernels.normalise_band(&mut band, &rgb, pixels, 1, &lut);
-                let same = band
-                    .iter()
-                    .zip(&expected)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{kernels:?}, {pixels} pixels");
+        let mut configs = vec![ImageProcessorConfig::default()];
+        for rescale in [1.0 / 127.5, 0.5, 1.0 / 255.0] {
+            configs.push(ImageProcessorConfig {
+                mean: [0.0; 3].map(|_| rng.between(0, 1000) as f32 / 997.0),
+                std: [0.0; 3].map(|_| rng.between(1, 1000) as f32 / 1009.0),
+                rescale_factor: rescale,
+                ..ImageProcessorConfig::default()
+            });
+        }
+        for config in configs {
+            let processor = ImageProcessor::new(config).unwrap();
+            assert_eq!(processor.kernels, PatchKernels::detect());
+            let normalisation = &processor.normalisation;
+            for pixels in (0..=70).chain([256, 1000]) {
+                let rgb: Vec<u8> = if pixels == 1000 {
+                    rng.image(3 * pixels)
+                } else {
+                    (0..3 * pixels).map(|i| (i * 7 + i / 3) as u8).collect()
+                };
+                let expected: Vec<f32> = (0..3)
+                    .flat_map(|c| (0..pixels).map(move |i| (c, i)))
+                    .map(|(c, i)| normalisation.lut[c][rgb[3 * i + c] as usize])
+                    .collect();
+                for kernels in all_patch_kernels() {
+                    assert!(kernels.reproduces_lut(normalisation));
+                    let mut band = vec![f32::NAN; 3 * pixels];
+                    kernels.normalise_band(&mut band, &rgb, pixels, 1, normalisation);
+                    let same = band
+                        .iter()
+                        .zip(&expected)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{kernels:?}, {pixels} pixels");
+                }
             }
         }
     }
