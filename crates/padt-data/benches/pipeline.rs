@@ -13,6 +13,8 @@
 //!   and per stage.
 //! - `resize DIR [SECONDS]`: only the Pillow-exact bicubic resize of every decoded `*.jpg` to
 //!   its `smart_resize` size, then each pass alone (for A/B runs of the resize kernels).
+//! - `patchify DIR [SECONDS]`: only normalise + patchify of every resized `*.jpg` (for A/B runs
+//!   of the patchify kernels), then the same on 2 images (cache-warm input).
 //!
 //! `cargo bench -p padt-data --bench pipeline -- samples /tmp/padt-bench-samples 4`
 
@@ -75,9 +77,10 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let usage =
-        "usage: pipeline samples|loader DIR [SECONDS] [TOKENIZER_DIR] | images|resize DIR [SECONDS]";
+        "usage: pipeline samples|loader DIR [SECONDS] [TOKENIZER_DIR] | images|resize|patchify DIR \
+         [SECONDS]";
     let (mode, rest) = match args.first().map(String::as_str) {
-        Some("samples") | Some("images") | Some("loader") | Some("resize") => {
+        Some("samples") | Some("images") | Some("loader") | Some("resize") | Some("patchify") => {
             (args[0].as_str(), &args[1..])
         }
         Some(_) => ("images", &args[..]),
@@ -94,6 +97,8 @@ fn main() {
         samples(&dir, &tokenizer_dir, seconds, mode == "loader");
     } else if mode == "resize" {
         resize(&dir, seconds);
+    } else if mode == "patchify" {
+        patchify(&dir, seconds);
     } else {
         images(&dir, seconds);
     }
@@ -367,6 +372,30 @@ fn resize(dir: &Path, seconds: f64) {
             ));
         });
         println!("{pass} pass only: {r:.1} images/CPU-s ({:.3} ms)", 1e3 / r);
+    }
+}
+
+/// Normalise + patchify alone on every resized image, then on 2 of them (cache-warm input).
+fn patchify(dir: &Path, seconds: f64) {
+    let processor = ImageProcessor::new(ImageProcessorConfig::default()).unwrap();
+    let resized: Vec<_> = jpeg_files(dir)
+        .iter()
+        .map(|b| {
+            let decoded =
+                padt_upscale(decode_image(b, "bench", &DecodeOptions::default()).unwrap());
+            processor.resize(&decoded.rgb).unwrap()
+        })
+        .collect();
+    let n = resized.len();
+    println!("files {n}");
+    for (name, images) in [("all images", n), ("2 images (cache-warm input)", 2)] {
+        let r = rate(seconds, |i| {
+            black_box(processor.patchify(&resized[i % images]));
+        });
+        println!(
+            "normalise+patchify only, {name}: {r:.1} images/CPU-s ({:.3} ms)",
+            1e3 / r
+        );
     }
 }
 
