@@ -680,6 +680,12 @@ fn resample_vertical(
     }
 }
 
+/// Whether this x86-64 CPU has AVX2 (the resize and patchify kernels' requirement).
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+}
+
 /// Which code the two resize passes run: the plain loops above, or the AVX2 kernels of
 /// [`avx2`] (x86-64 CPUs that have AVX2, chosen at run time). Both compute the same integer
 /// sums, so they give the same bytes (unit test `avx2_resize_equals_plain_resize`).
@@ -694,7 +700,7 @@ impl ResizeKernels {
     /// The fastest kernels this CPU runs.
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if cpu_has_avx2() {
             return Self::Avx2;
         }
         Self::Plain
@@ -1487,7 +1493,7 @@ impl PatchKernels {
     /// The fastest kernels this CPU runs.
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if cpu_has_avx2() {
             return Self::Avx2;
         }
         Self::Plain
