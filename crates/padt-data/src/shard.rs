@@ -1551,12 +1551,11 @@ impl ShardDataset {
                 block
             }
         };
-        let path = self.shard_path(k);
         block
             .get(row % CACHE_BLOCK_ROWS)
             .cloned()
             .ok_or_else(|| ShardError::Row {
-                path,
+                path: self.shard_path(k),
                 row,
                 message: format!("the shard ends before row {row} (manifest out of date?)"),
             })
