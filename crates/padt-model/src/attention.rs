@@ -75,17 +75,37 @@ pub fn attention<B: Backend>(
         .reshape([batch, heads, q_len, k_len])
         .cast(DType::F32)
         * scale;
-    let scores = match bias {
-        Some(bias) => scores + bias,
-        None => scores,
-    };
-    let probs = softmax(scores, 3).cast(dtype);
+    let probs = match bias {
+        Some(bias) => masked_softmax(scores + bias),
+        None => softmax(scores, 3),
+    }
+    .cast(dtype);
     let probs = if group == 1 {
         probs
     } else {
         probs.reshape([batch, kv_heads, group * q_len, k_len])
     };
     probs.matmul(v).reshape([batch, heads, q_len, head_dim])
+}
+
+/// Lowest shifted score passed to `exp` in [`masked_softmax`]: `exp(-87)` ≈ 1.6e-38 is still a
+/// normal f32, and `exp` of anything below about -104 takes libm's underflow path (a call that
+/// sets `errno`), several times slower than a normal `exp`.
+const SHIFTED_SCORE_FLOOR: f64 = -87.0;
+
+/// Softmax over the last axis of scores that carry [`MASKED`] biases: burn's decomposition
+/// (detached row max, shift, `exp`, sum, divide) with the shifted scores clamped at
+/// [`SHIFTED_SCORE_FLOOR`]. A masked key gets weight ≈ 1e-38 instead of exactly 0 (below f32
+/// resolution next to the row's largest weight, 1), and half of a causal score matrix no longer
+/// goes through the slow underflow path of `exp`.
+///
+/// # Shapes
+/// - `scores`: `[batch, heads, q_len, k_len]` → `[batch, heads, q_len, k_len]`
+fn masked_softmax<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
+    let max = scores.clone().detach().max_dim(3);
+    let exp = (scores - max).clamp_min(SHIFTED_SCORE_FLOOR).exp();
+    let sum = exp.clone().sum_dim(3);
+    exp / sum
 }
 
 /// Non-causal attention over packed sequences: token rows `cu_seqlens[i]..cu_seqlens[i+1]`

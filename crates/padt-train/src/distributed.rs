@@ -33,6 +33,10 @@ pub enum DistributedError {
         len: usize,
         expected: usize,
     },
+    /// Ranks joined different collectives at once (host scalars on one, tensor values on
+    /// another): their step loops diverged.
+    #[error("rank {rank}: joined a different collective than rank 0 (host scalars vs tensor values); every rank must run the same collectives in the same order")]
+    CollectiveMismatch { rank: usize },
     /// A collective did not complete in time.
     #[error("rank {rank}: all-reduce timed out after {seconds} s waiting for peers")]
     Timeout { rank: usize, seconds: u64 },
@@ -311,10 +315,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Packer<B> {
         let value = param.val().inner();
         let numel: usize = value.dims().iter().product();
         let flat = match self.grads.remove::<B::InnerBackend, D>(param.id) {
-            // Weight gradients of `x · Wᵀ` arrive as transposed views: the identity matmul
-            // lays them out row-major at matmul speed (the backend's own copy of a permuted
-            // view walks element by element).
-            Some(g) if D >= 2 => padt_model::attention::identity_matmul(g).reshape([numel]),
+            // Weight gradients of `x · Wᵀ` arrive as transposed views; the reshape copies them
+            // row-major (the CPU backend tiles 2-D transposes at about memcpy speed; never an
+            // identity matmul here: that costs `out · in²` per weight, teraflops on a 3B model).
             Some(g) => g.reshape([numel]),
             None => Tensor::zeros([numel], &value.device()),
         };
@@ -354,11 +357,83 @@ struct GroupState {
     generation: u64,
     arrived: usize,
     /// Contributions of the current round, by rank.
-    slots: Vec<Option<Vec<f64>>>,
+    slots: Vec<Option<Payload>>,
     /// The last completed round's result.
-    result: Arc<Vec<f64>>,
+    result: Arc<Payload>,
     result_generation: u64,
     failed: bool,
+}
+
+/// One rank's contribution to an in-process collective.
+#[derive(Debug, Clone)]
+enum Payload {
+    /// Host scalars (losses, counts, flags).
+    F64(Vec<f64>),
+    /// Tensor values (gradients, parameters).
+    F32(Vec<f32>),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::F64(v) => v.len(),
+            Payload::F32(v) => v.len(),
+        }
+    }
+
+    /// The element-wise sum of the ranks' contributions (`slots[r]` = rank `r`'s), in rank
+    /// order; f32 values are added in f64 and rounded once. Rank 0's buffer holds the result
+    /// (no zeroed allocation of the gradient size).
+    fn sum(slots: Vec<Payload>) -> Result<Payload, DistributedError> {
+        if let Some(first) = slots.first() {
+            let kind = std::mem::discriminant(first);
+            if let Some(rank) = slots.iter().position(|s| std::mem::discriminant(s) != kind) {
+                return Err(DistributedError::CollectiveMismatch { rank });
+            }
+            let expected = first.len();
+            if let Some((rank, s)) = slots.iter().enumerate().find(|(_, s)| s.len() != expected) {
+                return Err(DistributedError::LengthMismatch {
+                    rank,
+                    len: s.len(),
+                    expected,
+                });
+            }
+        }
+        let mut slots = slots.into_iter();
+        match slots.next() {
+            None => Ok(Payload::F64(Vec::new())),
+            Some(Payload::F64(mut sum)) => {
+                for s in slots {
+                    if let Payload::F64(s) = s {
+                        sum.iter_mut().zip(&s).for_each(|(acc, v)| *acc += v);
+                    }
+                }
+                Ok(Payload::F64(sum))
+            }
+            Some(Payload::F32(mut sum)) => {
+                let rest: Vec<Vec<f32>> = slots
+                    .filter_map(|s| match s {
+                        Payload::F32(v) => Some(v),
+                        Payload::F64(_) => None,
+                    })
+                    .collect();
+                match rest.as_slice() {
+                    [] => {}
+                    // Two addends: the f32 sum is the correctly rounded exact sum, as f64 gives.
+                    [other] => sum.iter_mut().zip(other).for_each(|(acc, v)| *acc += v),
+                    _ => {
+                        for (i, acc) in sum.iter_mut().enumerate() {
+                            let total: f64 = rest
+                                .iter()
+                                .fold(f64::from(*acc), |t, s| t + f64::from(s[i]));
+                            *acc = total as f32;
+                        }
+                    }
+                }
+                Ok(Payload::F32(sum))
+            }
+        }
+    }
 }
 
 /// An in-process data-parallel group: one handle per worker thread, collectives over host
@@ -379,7 +454,7 @@ impl LocalGroup {
                 generation: 0,
                 arrived: 0,
                 slots: vec![None; world_size],
-                result: Arc::new(Vec::new()),
+                result: Arc::new(Payload::F64(Vec::new())),
                 result_generation: u64::MAX,
                 failed: false,
             }),
@@ -404,8 +479,9 @@ impl LocalGroup {
         cvar.notify_all();
     }
 
-    /// Sums `values` element-wise over all ranks (f64, rank order).
-    fn exchange(&self, values: Vec<f64>) -> Result<Arc<Vec<f64>>, DistributedError> {
+    /// Sums `values` element-wise over all ranks (in f64, in rank order; f32 buffers are
+    /// rounded once at the end), so every rank gets the same bits.
+    fn exchange(&self, values: Payload) -> Result<Arc<Payload>, DistributedError> {
         let (lock, cvar) = &*self.shared;
         let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
         if state.failed {
@@ -415,25 +491,15 @@ impl LocalGroup {
         state.slots[self.rank] = Some(values);
         state.arrived += 1;
         if state.arrived == self.world_size {
-            let slots: Vec<Vec<f64>> = state.slots.iter_mut().map(|s| s.take().unwrap()).collect();
-            let expected = slots[0].len();
-            if let Some((rank, s)) = slots.iter().enumerate().find(|(_, s)| s.len() != expected) {
-                state.failed = true;
-                cvar.notify_all();
-                return Err(DistributedError::LengthMismatch {
-                    rank,
-                    len: s.len(),
-                    expected,
-                });
-            }
-            // Rank 0's buffer is the accumulator (no zeroed allocation of the gradient size).
-            let mut slots = slots.into_iter();
-            let mut sum = slots.next().unwrap_or_default();
-            for s in slots {
-                for (acc, v) in sum.iter_mut().zip(&s) {
-                    *acc += v;
+            let slots: Vec<Payload> = state.slots.iter_mut().map(|s| s.take().unwrap()).collect();
+            let sum = match Payload::sum(slots) {
+                Ok(sum) => sum,
+                Err(e) => {
+                    state.failed = true;
+                    cvar.notify_all();
+                    return Err(e);
                 }
-            }
+            };
             state.result = Arc::new(sum);
             state.result_generation = generation;
             state.arrived = 0;
@@ -485,35 +551,33 @@ impl<B: Backend> AllReduce<B> for LocalGroup {
 
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, DistributedError> {
         let device = tensor.device();
-        let values: Vec<f64> = crate::optim::tensor_values(&tensor)
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let values = crate::optim::tensor_values(&tensor);
         let len = values.len();
-        let sum = self.exchange(values)?;
-        if sum.len() != len {
-            return Err(DistributedError::LengthMismatch {
+        let sum = self.exchange(Payload::F32(values))?;
+        match &*sum {
+            Payload::F32(sum) if sum.len() == len => Ok(Tensor::from_data(
+                TensorData::new(sum.clone(), [len]),
+                &device,
+            )),
+            other => Err(DistributedError::LengthMismatch {
                 rank: self.rank,
                 len,
-                expected: sum.len(),
-            });
+                expected: other.len(),
+            }),
         }
-        // Summed in f64 and rounded once: identical on every rank.
-        let out: Vec<f32> = sum.iter().map(|v| *v as f32).collect();
-        Ok(Tensor::from_data(TensorData::new(out, [len]), &device))
     }
 
     fn all_reduce_sum_host(&self, values: Vec<f64>) -> Result<Vec<f64>, DistributedError> {
         let len = values.len();
-        let sum = self.exchange(values)?;
-        if sum.len() != len {
-            return Err(DistributedError::LengthMismatch {
+        let sum = self.exchange(Payload::F64(values))?;
+        match &*sum {
+            Payload::F64(sum) if sum.len() == len => Ok(sum.clone()),
+            other => Err(DistributedError::LengthMismatch {
                 rank: self.rank,
                 len,
-                expected: sum.len(),
-            });
+                expected: other.len(),
+            }),
         }
-        Ok(sum.to_vec())
     }
 }
 

@@ -170,3 +170,42 @@ fn collectives_check_lengths_and_time_out() {
         assert_eq!(r.unwrap(), expect);
     }
 }
+
+#[test]
+fn tensor_sums_are_rounded_once_and_identical_on_every_rank() {
+    use burn::tensor::{Tensor, TensorData};
+    // 1 + 2⁻²⁴ + 2⁻²⁴: adding in f32 left to right gives 1 (each addend is half an ulp and
+    // rounds away); the f64 sum rounded once gives 1 + 2⁻²³.
+    let tiny_bit = 2f32.powi(-24);
+    let results = run_local_workers(3, Duration::from_secs(30), |rank, group| {
+        let value = if rank == 0 { 1.0 } else { tiny_bit };
+        let device = Default::default();
+        let t =
+            Tensor::<Inner, 1>::from_data(TensorData::new(vec![value, rank as f32], [2]), &device);
+        let sum = AllReduce::<Inner>::all_reduce_sum(group, t)?;
+        Ok::<_, DistributedError>(sum.into_data().into_vec::<f32>().unwrap())
+    });
+    for r in results {
+        assert_eq!(r.unwrap(), vec![1.0 + 2f32.powi(-23), 3.0]);
+    }
+}
+
+#[test]
+fn ranks_in_different_collectives_fail_instead_of_mixing_buffers() {
+    use burn::tensor::{Tensor, TensorData};
+    let results = run_local_workers(2, Duration::from_secs(30), |rank, group| {
+        if rank == 0 {
+            AllReduce::<Inner>::all_reduce_sum_host(group, vec![1.0]).map(|_| ())
+        } else {
+            let t = Tensor::<Inner, 1>::from_data(
+                TensorData::new(vec![1.0f32], [1]),
+                &Default::default(),
+            );
+            AllReduce::<Inner>::all_reduce_sum(group, t).map(|_| ())
+        }
+    });
+    assert!(results.iter().all(|r| r.is_err()));
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(DistributedError::CollectiveMismatch { rank: 1 }))));
+}
