@@ -80,8 +80,13 @@ impl Expression {
     /// The sentence: "the [size] [colour] shape|object", with "on the left" when two objects
     /// share the attributes, or "the leftmost ..." when more do.
     pub fn sentence(&self, objects: &[SceneObject]) -> String {
+        self.sentence_for_group(self.group_size(objects))
+    }
+
+    /// The sentence when `group` objects share the attributes (only the wording of a position
+    /// depends on the scene).
+    pub fn sentence_for_group(&self, group: usize) -> String {
         let mut words = vec!["the".to_string()];
-        let group = self.group_size(objects);
         if let Some(side) = self.side {
             if group > 2 {
                 words.push(format!("{}most", side.name()));

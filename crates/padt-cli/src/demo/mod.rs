@@ -17,6 +17,7 @@ pub mod expression;
 pub mod model_dir;
 pub mod refer;
 pub mod scene;
+pub mod tokenizer;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -298,8 +299,8 @@ fn readme(a: &DemoArgs, s: &DemoSummary) -> String {
         "\nObjects without an unambiguous expression (no ref): {}.\n\n\
          - `shards/{{train,val}}/`: Parquet shards + `manifest.json` (images embedded), the \
          format of `padt-preprocess` (docs/data.md).\n\
-         - `model/`: `config.json` of the tiny PaDT ({} parameters), the padt-tiny byte-level \
-         BPE tokenizer and processor files{}.\n\
+         - `model/`: `config.json` of the tiny PaDT ({} parameters), the demo's byte-level BPE \
+         tokenizer (padt-tiny's, merges re-learned on the demo text) and processor files{}.\n\
          - `raw/` (not committed): the refer-format files the shards were made from \
          (`instances.json`, `refs(unc).p`, PNG images).\n",
         s.objects_without_ref,

@@ -1,6 +1,7 @@
 //! The demo's model folder: `config.json` of a tiny PaDT sized to learn the synthetic task on
-//! CPU, the byte-level BPE tokenizer and processor files of the padt-tiny fixture (vocabulary
-//! 1024, encodes any text), and optionally seeded random weights (`model.safetensors`).
+//! CPU, the tokenizer and processor files of the padt-tiny fixture with the BPE merges re-learned
+//! on the demo's text (`demo/tokenizer.rs`; 1024 embedding rows, encodes any text), and
+//! optionally seeded random weights (`model.safetensors`).
 
 use super::refer::write_atomic;
 use anyhow::Context;
@@ -139,8 +140,13 @@ pub fn write_model_dir(dir: &Path, weights_seed: Option<u64>) -> anyhow::Result<
     text.push('\n');
     let config_path = dir.join("config.json");
     write_atomic(&config_path, text.as_bytes())?;
+    let demo_files = super::tokenizer::demo_tokenizer_files()?;
     for (name, bytes) in TOKENIZER_FILES {
-        write_atomic(&dir.join(name), bytes)?;
+        // The BPE files are the demo's own (demo/tokenizer.rs), the rest padt-tiny's.
+        match demo_files.iter().find(|(demo_name, _)| *demo_name == name) {
+            Some((_, demo_bytes)) => write_atomic(&dir.join(name), demo_bytes)?,
+            None => write_atomic(&dir.join(name), bytes)?,
+        }
     }
     type B = burn::backend::Flex;
     let device = Default::default();
