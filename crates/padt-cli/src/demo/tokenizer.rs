@@ -4,7 +4,7 @@
 //! token ("Ġcircle", "Ġsmall"), as the real Qwen2.5-VL tokenizer has them.
 //!
 //! The padt-tiny merges split these words into 2–8 pieces ("Ġs m a ll", "Ġ ri g ht"): a
-//! 112-token sample where one-token words give 75, and a four-layer LLM that first has to
+//! 112-token sample where one-token words give 75, and a three-layer LLM that first has to
 //! assemble "small" from its letters before it can look for small shapes.
 //!
 //! How the vocabulary is made, deterministically (no seed involved):
