@@ -32,6 +32,25 @@ variant() {  # variant NAME INIT_STD EXTRA_SET...
   ) &
 }
 
+variant3() {  # variant3 NAME MODEL_DIR EXTRA_SET...: the committed recipe at 5 epochs on cuda:0
+  local name=$1 model=$2; shift 2
+  local sets=()
+  for s in "$@"; do sets+=(--set "$s"); done
+  (
+    start=$(date +%s)
+    timeout --signal=INT --kill-after=10 "$LIMIT" /tmp/padt-train --config configs/demo_cpu.yaml \
+      --random-init --set model.path=$model --set training.devices=[cuda:0] --set training.per_device_batch_size=16 \
+      --set training.epochs=5 --set logging.progress_bar=false --set checkpoint.every_steps=100000 \
+      --set checkpoint.keep_last=1 "${sets[@]}" --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
+    rc=$?
+    for f in config.yaml metrics.jsonl eval_metrics.json eval_predictions.jsonl; do cp "$OUT/$name/run/$f" "$OUT/$name/" 2>/dev/null; done
+    last=$(ls -d "$OUT/$name/run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+    [ -n "$last" ] && cp "$last/model.safetensors" "$last/trainer_state.json" "$OUT/$name/"
+    rm -rf "$OUT/$name/run"
+    echo "$name rc $rc wall $(( $(date +%s) - start )) s: $(cat "$OUT/$name/eval_metrics.json" 2>/dev/null | tr -d '\n ' | head -c 300)" >> "$OUT/summary.txt"
+  ) &
+}
+
 case "${SWEEP:-1}" in
 1)  # 2026-11-26 first sweep: initialisation scale, learning rate, batch size, epochs.
     variant i10 0.1
@@ -64,6 +83,24 @@ case "${SWEEP:-1}" in
     variant d3_s1184 0.1 $(data d3) $steps training.max_steps=1184
     variant d1_s1184 0.1 $(data d1) $steps training.max_steps=1184
     ;;
+3)  # 2026-11-27 (session 7): what makes the LLM ground faster, two seeds per setting, 5 epochs
+    # (1,245 steps of 16) of the committed recipe (3-layer LLM, demo tokenizer, structured picks).
+    # Needs .gpu/s7/model_h8 (demo_sweep_prepare.sh 3). Each run's final model.safetensors
+    # comes back (tar files of three runs: $OUT carries at most 8 files of 16 MiB) so that the
+    # 976 fresh records can be scored on the CPU machine.
+    for seed in 42 43; do
+      variant3 base_s$seed data/demo/model seed=$seed
+      variant3 tw2_s$seed data/demo/model seed=$seed loss.token_weight=2.0
+      variant3 llm2_s$seed data/demo/model seed=$seed "param_groups=[{name: llm, prefixes: [model.], lr_scale: 2.0}]"
+      variant3 h8_s$seed .gpu/s7/model_h8 seed=$seed
+      variant3 nomask_s$seed data/demo/model seed=$seed loss.use_mask_loss=false
+    done
+    ;;
 esac
 wait
 cat "$OUT/summary.txt"
+
+if [ "${SWEEP:-1}" = 3 ]; then  # pack the runs (at most 8 files come back)
+  cd "$OUT" && ls -d */ | tr -d / | xargs -n 3 | { i=0; while read -r names; do
+    tar cf "runs_$i.tar" $names $(for n in $names; do echo "$n.log"; done) && rm -rf $names $(for n in $names; do echo "$n.log"; done); i=$((i+1)); done; }
+fi
