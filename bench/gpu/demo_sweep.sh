@@ -13,26 +13,9 @@ mkdir -p "$OUT"
 source bench/gpu/env.sh > "$OUT/env.txt" 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 
-variant() {  # variant NAME INIT_STD EXTRA_SET...
-  local name=$1 std=$2; shift 2
-  local sets=()
-  for s in "$@"; do sets+=(--set "$s"); done
-  (
-    start=$(date +%s)
-    timeout --signal=INT --kill-after=10 "$LIMIT" /tmp/padt-train --config configs/demo_cpu.yaml \
-      --random-init --set model.path=.gpu/demo_init_$std --set training.devices=[cuda:0] --set training.per_device_batch_size=16 \
-      --set logging.progress_bar=false --set checkpoint.every_steps=100000 "${sets[@]}" \
-      --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
-    rc=$?
-    cp "$OUT/$name/run/metrics.jsonl" "$OUT/$name/" 2>/dev/null
-    cp "$OUT/$name/run/eval_metrics.json" "$OUT/$name/" 2>/dev/null
-    cp "$OUT/$name/run/eval_predictions.jsonl" "$OUT/$name/" 2>/dev/null
-    rm -rf "$OUT/$name/run"
-    echo "$name rc $rc wall $(( $(date +%s) - start )) s: $(cat "$OUT/$name/eval_metrics.json" 2>/dev/null | tr -d '\n ' | head -c 300)" >> "$OUT/summary.txt"
-  ) &
-}
-
-variant3() {  # variant3 NAME MODEL_DIR EXTRA_SET...: the committed recipe at 5 epochs on cuda:0
+run_variant() {  # run_variant NAME MODEL_DIR EXTRA_SET...: the recipe on cuda:0, in the background
+  # KEEP_WEIGHTS=1 also keeps the final checkpoint's model.safetensors and trainer_state.json
+  # with the run's config.yaml (what padt-export needs to score the weights elsewhere).
   local name=$1 model=$2; shift 2
   local sets=()
   for s in "$@"; do sets+=(--set "$s"); done
@@ -40,15 +23,28 @@ variant3() {  # variant3 NAME MODEL_DIR EXTRA_SET...: the committed recipe at 5 
     start=$(date +%s)
     timeout --signal=INT --kill-after=10 "$LIMIT" /tmp/padt-train --config configs/demo_cpu.yaml \
       --random-init --set model.path=$model --set training.devices=[cuda:0] --set training.per_device_batch_size=16 \
-      --set training.epochs=5 --set logging.progress_bar=false --set checkpoint.every_steps=100000 \
-      --set checkpoint.keep_last=1 "${sets[@]}" --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
+      --set logging.progress_bar=false --set checkpoint.every_steps=100000 "${sets[@]}" \
+      --output-dir "$OUT/$name/run" > "$OUT/$name.log" 2>&1
     rc=$?
-    for f in config.yaml metrics.jsonl eval_metrics.json eval_predictions.jsonl; do cp "$OUT/$name/run/$f" "$OUT/$name/" 2>/dev/null; done
-    last=$(ls -d "$OUT/$name/run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
-    [ -n "$last" ] && cp "$last/model.safetensors" "$last/trainer_state.json" "$OUT/$name/"
+    for f in metrics.jsonl eval_metrics.json eval_predictions.jsonl; do cp "$OUT/$name/run/$f" "$OUT/$name/" 2>/dev/null; done
+    if [ "${KEEP_WEIGHTS:-0}" = 1 ]; then
+      cp "$OUT/$name/run/config.yaml" "$OUT/$name/" 2>/dev/null
+      last=$(ls -d "$OUT/$name/run"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
+      [ -n "$last" ] && cp "$last/model.safetensors" "$last/trainer_state.json" "$OUT/$name/"
+    fi
     rm -rf "$OUT/$name/run"
     echo "$name rc $rc wall $(( $(date +%s) - start )) s: $(cat "$OUT/$name/eval_metrics.json" 2>/dev/null | tr -d '\n ' | head -c 300)" >> "$OUT/summary.txt"
   ) &
+}
+
+variant() {  # variant NAME INIT_STD EXTRA_SET... (sweeps 1 and 2)
+  local name=$1 std=$2; shift 2
+  run_variant "$name" ".gpu/demo_init_$std" "$@"
+}
+
+variant3() {  # variant3 NAME MODEL_DIR EXTRA_SET...: sweep 3, the committed recipe at 5 epochs
+  local name=$1 model=$2; shift 2
+  KEEP_WEIGHTS=1 run_variant "$name" "$model" training.epochs=5 checkpoint.keep_last=1 "$@"
 }
 
 case "${SWEEP:-1}" in
@@ -102,5 +98,6 @@ cat "$OUT/summary.txt"
 
 if [ "${SWEEP:-1}" = 3 ]; then  # pack the runs (at most 8 files come back)
   cd "$OUT" && ls -d */ | tr -d / | xargs -n 3 | { i=0; while read -r names; do
-    tar cf "runs_$i.tar" $names $(for n in $names; do echo "$n.log"; done) && rm -rf $names $(for n in $names; do echo "$n.log"; done); i=$((i+1)); done; }
+    files="$names $(for n in $names; do echo "$n.log"; done)"
+    tar cf "runs_$i.tar" $files && rm -rf $files; i=$((i+1)); done; }
 fi
