@@ -46,9 +46,10 @@ def iou(a, b):
 
 def expression_group(sentence):
     words = sentence.split()
-    if POSITIONS & set(words):
+    vocabulary = set(words)
+    if POSITIONS & vocabulary:
         return "with a position"
-    size, shape = bool(SIZES & set(words)), bool(SHAPES & set(words))
+    size, shape = bool(SIZES & vocabulary), bool(SHAPES & vocabulary)
     # "the <size?> <colour?> <shape|object>": a colour is whatever word is left over.
     colour = len(words) - 1 - size - shape > (0 if shape else 1) or "object" in words
     parts = [name for name, used in (("size", size), ("shape", shape), ("colour", colour)) if used]
@@ -71,7 +72,6 @@ def main():
             vrts = [int(v) for v in re.findall(r"VRT_(\d+)", rec["completion"])]
             hit = bool(rec["predictions"]) and iou(rec["predictions"][0]["bbox"], gt) >= 0.5
             target = cells(gt)
-            others = [cells(b) for b in objects[rec["image_id"]] if iou(b, gt) < 0.99]
             count["records"] += 1
             count["right"] += hit
             count["first on the object"] += bool(vrts) and vrts[0] in target
@@ -83,7 +83,7 @@ def main():
                     count["wrong: no VRT"] += 1
                 elif vrts[0] in target:
                     count["wrong: a later VRT off" if not all_on else "wrong: all on, box off"] += 1
-                elif any(vrts[0] in o for o in others):
+                elif any(vrts[0] in cells(b) for b in objects[rec["image_id"]] if iou(b, gt) < 0.99):
                     count["wrong: first VRT on another object"] += 1
                 else:
                     count["wrong: first VRT on background"] += 1
