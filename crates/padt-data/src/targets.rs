@@ -8,6 +8,14 @@
 //!   row/column; any patch when none is), then random patches of the leftmost column, topmost
 //!   row, rightmost column and bottommost row.
 //!
+//! and one of padt-rs (not in the reference):
+//! - `Anchored`: the five patches of `Structured`, each fixed by the object's box instead of
+//!   drawn: the foreground patch nearest the box centre, then in the leftmost column, topmost
+//!   row, rightmost column and bottommost row the patch nearest the box centre. The same
+//!   object always gets the same VRTs, and the first one is the patch that shows most of it
+//!   (for an object of 2 x 2 patches `Structured` draws any of the four, even one that holds
+//!   a few of its pixels).
+//!
 //! Draws use numpy's legacy `RandomState` (MT19937) reproduced draw for draw
 //! ([`crate::sources::coco::numpy_rng::LegacyRandomState`]), so a run seeded like the
 //! reference picks the same patches. In training each sample gets its own generator from
@@ -38,6 +46,9 @@ pub enum PatchSelection {
     All,
     /// Centre, left, top, right, bottom (one random patch each).
     Structured,
+    /// Centre, left, top, right, bottom, each the patch nearest the object's box centre
+    /// (no draws).
+    Anchored,
 }
 
 impl Default for PatchSelection {
@@ -182,14 +193,18 @@ pub fn numpy_choice_one(rng: &mut LegacyRandomState, population: &[u32]) -> u32 
 
 /// Picks the VRT patches of one object.
 ///
-/// `patch_w` is PaDT's `round(W/28)` of the (upscaled) image, used by `Structured`.
+/// `patch_w` is PaDT's `round(W/28)` of the (upscaled) image, used by `Structured` and
+/// `Anchored`; `box_centre` is the centre of the object's box in patch units (`x = 1.5` is
+/// the middle of the second column), used by `Anchored`.
 pub fn pick_patches(
     rng: &mut LegacyRandomState,
     patches: &[u32],
     selection: PatchSelection,
     patch_w: u32,
+    box_centre: (f64, f64),
 ) -> Vec<u32> {
     match selection {
+        PatchSelection::Anchored => anchored_picks(patches, patch_w, box_centre),
         PatchSelection::All => patches.to_vec(),
         PatchSelection::Random { num } => numpy_choice(rng, patches, num, patches.len() < num),
         PatchSelection::Structured => {
@@ -223,6 +238,39 @@ pub fn pick_patches(
             ]
         }
     }
+}
+
+/// `PatchSelection::Anchored`: centre, left, top, right, bottom, each the patch of its set
+/// nearest `box_centre` (squared distance between patch centres and the box centre; the first
+/// in raster order on ties). `patches` must not be empty.
+fn anchored_picks(patches: &[u32], patch_w: u32, box_centre: (f64, f64)) -> Vec<u32> {
+    let pw = patch_w.max(1);
+    let (cx, cy) = box_centre;
+    let col = |p: u32| p % pw;
+    let row = |p: u32| p / pw;
+    let distance = |p: u32| {
+        let (dx, dy) = (col(p) as f64 + 0.5 - cx, row(p) as f64 + 0.5 - cy);
+        dx * dx + dy * dy
+    };
+    let nearest = |keep: &dyn Fn(u32) -> bool| -> u32 {
+        patches
+            .iter()
+            .copied()
+            .filter(|&p| keep(p))
+            .min_by(|&a, &b| distance(a).total_cmp(&distance(b)))
+            .expect("every set holds at least one patch")
+    };
+    let xmin = patches.iter().map(|&p| col(p)).min().expect("patches");
+    let xmax = patches.iter().map(|&p| col(p)).max().expect("patches");
+    let ymin = patches.iter().map(|&p| row(p)).min().expect("patches");
+    let ymax = patches.iter().map(|&p| row(p)).max().expect("patches");
+    vec![
+        nearest(&|_| true),
+        nearest(&|p| col(p) == xmin),
+        nearest(&|p| row(p) == ymin),
+        nearest(&|p| col(p) == xmax),
+        nearest(&|p| row(p) == ymax),
+    ]
 }
 
 /// The generator of one sample's picks: MT19937 seeded from `(seed, epoch, sample_index)`
@@ -309,7 +357,8 @@ fn checked_split(record: &Record) -> Result<SplitTemplate, TargetError> {
 
 /// Draws the picks of every placeholder of `record`, in text order.
 ///
-/// `merged` = merged patches of the image (`t·gh·gw/4`), `patch_w` = `round(W/28)`.
+/// `merged` = merged patches of the image (`t·gh·gw/4`), `patch_w` = `round(W/28)`; the grid
+/// is `merged / patch_w` rows high.
 pub fn draw_picks(
     record: &Record,
     rng: &mut LegacyRandomState,
@@ -323,9 +372,15 @@ pub fn draw_picks(
         .iter()
         .map(|&object| {
             let obj = check_object(record, object, merged)?;
+            let [x1, y1, x2, y2] = obj.bbox;
+            let rows = (merged as u32 / patch_w.max(1)).max(1);
+            let box_centre = (
+                (x1 + x2) / 2.0 * patch_w as f64,
+                (y1 + y2) / 2.0 * rows as f64,
+            );
             Ok(ObjectPick {
                 object,
-                picks: pick_patches(rng, &obj.patches, selection, patch_w),
+                picks: pick_patches(rng, &obj.patches, selection, patch_w, box_centre),
             })
         })
         .collect()
@@ -481,19 +536,62 @@ mod tests {
         // 3x3 block in a grid of width 5: centre is 6; extremes are unique rows/cols.
         let patches = [0, 1, 2, 5, 6, 7, 10, 11, 12];
         let mut rng = LegacyRandomState::new(1);
-        let p = pick_patches(&mut rng, &patches, PatchSelection::Structured, 5);
+        let p = pick_patches(
+            &mut rng,
+            &patches,
+            PatchSelection::Structured,
+            5,
+            (0.0, 0.0),
+        );
         assert_eq!(p[0], 6);
         assert!([0, 5, 10].contains(&p[1]));
         assert!([0, 1, 2].contains(&p[2]));
         assert!([2, 7, 12].contains(&p[3]));
         assert!([10, 11, 12].contains(&p[4]));
         // A single row: no centre, the centre falls back to any patch.
-        let p = pick_patches(&mut rng, &[3, 4], PatchSelection::Structured, 5);
+        let p = pick_patches(&mut rng, &[3, 4], PatchSelection::Structured, 5, (0.0, 0.0));
         assert_eq!(p.len(), 5);
         assert_eq!(
-            pick_patches(&mut rng, &patches, PatchSelection::All, 5),
+            pick_patches(&mut rng, &patches, PatchSelection::All, 5, (0.0, 0.0)),
             patches.to_vec()
         );
+    }
+
+    #[test]
+    fn anchored_picks_follow_the_box_centre() {
+        let mut rng = LegacyRandomState::new(1);
+        let before = rng.clone().next_u32();
+        // 2 x 2 patches (1, 2, 6, 7) of a grid 5 wide, box centre in patch 6's lower left.
+        let p = pick_patches(
+            &mut rng,
+            &[1, 2, 6, 7],
+            PatchSelection::Anchored,
+            5,
+            (1.3, 1.8),
+        );
+        assert_eq!(p, vec![6, 6, 1, 7, 6]);
+        // No draws: the generator is untouched.
+        assert_eq!(rng.next_u32(), before);
+        // 3 x 3 block with the centre in the middle: the middle of every side.
+        let block = [0, 1, 2, 5, 6, 7, 10, 11, 12];
+        let p = pick_patches(&mut rng, &block, PatchSelection::Anchored, 5, (1.5, 1.5));
+        assert_eq!(p, vec![6, 5, 1, 7, 11]);
+        // A centre outside the object (an L shape missing patch 6): the nearest patch, the
+        // first in raster order on a tie (1, 5, 7 and 11 are all one patch away).
+        let l_shape = [0, 1, 2, 5, 7, 10, 11, 12];
+        let p = pick_patches(&mut rng, &l_shape, PatchSelection::Anchored, 5, (1.5, 1.5));
+        assert_eq!(p, vec![1, 5, 1, 7, 11]);
+    }
+
+    #[test]
+    fn anchored_draw_uses_the_record_box() {
+        // One object on a 4 x 4 grid covering patches 5, 6, 9, 10; its box centre
+        // (0.45, 0.55) of the image lies in patch 9 (column 1, row 2).
+        let mut r = record("<|Obj_0|>", vec![vec![5, 6, 9, 10]]);
+        r.objects[0].bbox = [0.3, 0.4, 0.6, 0.7];
+        let mut rng = LegacyRandomState::new(0);
+        let picks = draw_picks(&r, &mut rng, PatchSelection::Anchored, 16, 4).unwrap();
+        assert_eq!(picks[0].picks, vec![9, 9, 5, 10, 9]);
     }
 
     #[test]

@@ -300,6 +300,7 @@ pub fn patch_selection(config: &TrainConfig) -> PatchSelection {
             num: config.vrt.per_object,
         },
         VrtPick::Structured => PatchSelection::Structured,
+        VrtPick::Anchored => PatchSelection::Anchored,
         VrtPick::All => PatchSelection::All,
     }
 }

@@ -174,6 +174,24 @@ fn overrides_apply_to_nested_keys_lists_and_values() {
 }
 
 #[test]
+fn every_vrt_pick_maps_to_its_patch_selection() {
+    use padt_data::targets::PatchSelection;
+    use padt_train::trainer::patch_selection;
+    let base = TrainConfig::load(&repo_root().join("configs/demo_cpu.yaml"), &[]).unwrap();
+    let pick = |name: &str| {
+        let c = base
+            .with_overrides(&[format!("vrt.pick={name}"), "vrt.per_object=3".into()])
+            .unwrap();
+        patch_selection(&c)
+    };
+    assert_eq!(pick("random"), PatchSelection::Random { num: 3 });
+    assert_eq!(pick("structured"), PatchSelection::Structured);
+    assert_eq!(pick("anchored"), PatchSelection::Anchored);
+    assert_eq!(pick("all"), PatchSelection::All);
+    assert!(base.with_overrides(&["vrt.pick=centre".into()]).is_err());
+}
+
+#[test]
 fn evaluation_task_takes_every_padt_eval_task() {
     use padt_train::recipe::EvaluationTask;
     let base = TrainConfig::load(&repo_root().join("configs/padt_pro_3b.yaml"), &[]).unwrap();
