@@ -15,7 +15,7 @@ first generated VRT's 28-px cell (the demo's 4 x 4 merged grid of a 112-px image
 referred box, and how often every VRT does; the box accuracy among the latter; the wrong
 answers by where the first VRT lies; and accuracy in scenes with 2-4 objects by what the
 sentence uses (colour, shape, size, position), with the accuracy of a random choice among the
-scene's objects for comparison.
+scene's objects for comparison, and by the referred object's size class (small / large).
 """
 import collections
 import json
@@ -61,11 +61,14 @@ def main():
         sys.exit(__doc__)
     instances = json.load(open(f"{sys.argv[1]}/refer/instances.json"))
     objects = collections.defaultdict(list)
+    sizes = collections.defaultdict(list)
     for ann in instances["annotations"]:
         objects[ann["image_id"]].append(ann["bbox"])
+        sizes[ann["image_id"]].append(ann["size"])
     for path in sys.argv[2:]:
         count = collections.Counter()
         total, right, chance = collections.Counter(), collections.Counter(), collections.Counter()
+        by_size, by_size_right = collections.Counter(), collections.Counter()
         for line in open(path):
             rec = json.loads(line)
             gt = rec["gt_bbox"]
@@ -93,6 +96,10 @@ def main():
                 total[group] += 1
                 right[group] += hit
                 chance[group] += 1 / n
+                size = max(zip(objects[rec["image_id"]], sizes[rec["image_id"]]),
+                           key=lambda box_size: iou(box_size[0], gt))[1]
+                by_size[size] += 1
+                by_size_right[size] += hit
         n = count["records"]
         print(f"== {path}: {n} records, accuracy {count['right'] / n:.3f}")
         print(f"first VRT on the object {count['first on the object'] / n:.3f}, "
@@ -104,6 +111,9 @@ def main():
             if total[group]:
                 print(f"  {group:18s} {total[group]:4d} records  {right[group] / total[group]:.2f}  "
                       f"({chance[group] / total[group]:.2f})")
+        print("scenes with 2-4 objects, by the referred object's size: " + ", ".join(
+            f"{size} {by_size[size]} records {by_size_right[size] / by_size[size]:.2f}"
+            for size in sorted(by_size)))
 
 
 if __name__ == "__main__":
