@@ -284,7 +284,7 @@ pub enum ScheduleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VrtConfig {
-    /// `random` (uniform picks, without replacement unless the object has fewer patches), `structured` (centre + leftmost/topmost/rightmost/bottommost patch: always 5), `anchored` (the same five, each the patch nearest the box centre instead of a random one; padt-rs only) or `all` (every foreground patch).
+    /// `random` (uniform picks, without replacement unless the object has fewer patches), `structured` (centre + leftmost/topmost/rightmost/bottommost patch: always 5), `anchored` (the same five, each the patch nearest the object's box centre instead of a random one: the same VRTs every time an object is seen; padt-rs only, not in the reference) or `all` (every foreground patch).
     pub pick: VrtPick,
     /// VRTs per object for `random` picks (reference 5).
     pub per_object: usize,
