@@ -209,68 +209,85 @@ pub fn pick_patches(
         PatchSelection::Random { num } => numpy_choice(rng, patches, num, patches.len() < num),
         PatchSelection::Structured => {
             let pw = patch_w.max(1);
-            let (xs, ys): (Vec<u32>, Vec<u32>) = patches.iter().map(|&p| (p % pw, p / pw)).unzip();
-            let (xmin, xmax) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
-            let (ymin, ymax) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
-            let select = |f: &dyn Fn(u32, u32) -> bool| -> Vec<u32> {
-                patches
-                    .iter()
-                    .zip(xs.iter().zip(&ys))
-                    .filter(|(_, (&x, &y))| f(x, y))
-                    .map(|(&p, _)| p)
-                    .collect()
-            };
-            let left = select(&|x, _| x == xmin);
-            let right = select(&|x, _| x == xmax);
-            let top = select(&|_, y| y == ymin);
-            let bottom = select(&|_, y| y == ymax);
-            let mut centre = select(&|x, y| x != xmin && x != xmax && y != ymin && y != ymax);
+            let (xmin, xmax, ymin, ymax) = extent(patches, pw);
+            let mut centre: Vec<u32> = patches
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    let (x, y) = (p % pw, p / pw);
+                    x != xmin && x != xmax && y != ymin && y != ymax
+                })
+                .collect();
             if centre.is_empty() {
                 centre = patches.to_vec();
             }
             // Python evaluates the list left to right: centre, left, top, right, bottom.
-            vec![
-                numpy_choice_one(rng, &centre),
-                numpy_choice_one(rng, &left),
-                numpy_choice_one(rng, &top),
-                numpy_choice_one(rng, &right),
-                numpy_choice_one(rng, &bottom),
-            ]
+            let mut picks = vec![numpy_choice_one(rng, &centre)];
+            for side in side_sets(patches, pw, (xmin, xmax, ymin, ymax)) {
+                picks.push(numpy_choice_one(rng, &side));
+            }
+            picks
         }
     }
 }
 
-/// `PatchSelection::Anchored`: centre, left, top, right, bottom, each the patch of its set
-/// nearest `box_centre` (squared distance between patch centres and the box centre; the first
-/// in raster order on ties). `patches` must not be empty.
-fn anchored_picks(patches: &[u32], patch_w: u32, box_centre: (f64, f64)) -> Vec<u32> {
-    let pw = patch_w.max(1);
-    let (cx, cy) = box_centre;
-    let col = |p: u32| p % pw;
-    let row = |p: u32| p / pw;
-    let distance = |p: u32| {
-        let (dx, dy) = (col(p) as f64 + 0.5 - cx, row(p) as f64 + 0.5 - cy);
-        dx * dx + dy * dy
-    };
-    let nearest = |keep: &dyn Fn(u32) -> bool| -> u32 {
+/// The column and row range `(xmin, xmax, ymin, ymax)` of a non-empty patch set on a grid
+/// `pw` patches wide.
+fn extent(patches: &[u32], pw: u32) -> (u32, u32, u32, u32) {
+    patches
+        .iter()
+        .fold((u32::MAX, 0, u32::MAX, 0), |(x0, x1, y0, y1), &p| {
+            let (x, y) = (p % pw, p / pw);
+            (x0.min(x), x1.max(x), y0.min(y), y1.max(y))
+        })
+}
+
+/// The patches of the leftmost column, topmost row, rightmost column and bottommost row of a
+/// non-empty patch set with [`extent`] `(xmin, xmax, ymin, ymax)` (in that order; each in
+/// stored order), as `Structured` and `Anchored` pick from them.
+fn side_sets(
+    patches: &[u32],
+    pw: u32,
+    (xmin, xmax, ymin, ymax): (u32, u32, u32, u32),
+) -> [Vec<u32>; 4] {
+    let select = |keep: &dyn Fn(u32, u32) -> bool| -> Vec<u32> {
         patches
             .iter()
             .copied()
-            .filter(|&p| keep(p))
+            .filter(|&p| keep(p % pw, p / pw))
+            .collect()
+    };
+    [
+        select(&|x, _| x == xmin),
+        select(&|_, y| y == ymin),
+        select(&|x, _| x == xmax),
+        select(&|_, y| y == ymax),
+    ]
+}
+
+/// `PatchSelection::Anchored`: centre, left, top, right, bottom, each the patch of its set
+/// (all patches, then [`side_sets`]) nearest `box_centre` (squared distance between patch
+/// centres and the box centre; the first in stored order on ties). `patches` must not be
+/// empty.
+fn anchored_picks(patches: &[u32], patch_w: u32, box_centre: (f64, f64)) -> Vec<u32> {
+    let pw = patch_w.max(1);
+    let (cx, cy) = box_centre;
+    let distance = |p: u32| {
+        let dx = (p % pw) as f64 + 0.5 - cx;
+        let dy = (p / pw) as f64 + 0.5 - cy;
+        dx * dx + dy * dy
+    };
+    let nearest = |set: &[u32]| -> u32 {
+        set.iter()
+            .copied()
             .min_by(|&a, &b| distance(a).total_cmp(&distance(b)))
             .expect("every set holds at least one patch")
     };
-    let xmin = patches.iter().map(|&p| col(p)).min().expect("patches");
-    let xmax = patches.iter().map(|&p| col(p)).max().expect("patches");
-    let ymin = patches.iter().map(|&p| row(p)).min().expect("patches");
-    let ymax = patches.iter().map(|&p| row(p)).max().expect("patches");
-    vec![
-        nearest(&|_| true),
-        nearest(&|p| col(p) == xmin),
-        nearest(&|p| row(p) == ymin),
-        nearest(&|p| col(p) == xmax),
-        nearest(&|p| row(p) == ymax),
-    ]
+    let mut picks = vec![nearest(patches)];
+    for side in side_sets(patches, pw, extent(patches, pw)) {
+        picks.push(nearest(&side));
+    }
+    picks
 }
 
 /// The generator of one sample's picks: MT19937 seeded from `(seed, epoch, sample_index)`
@@ -367,13 +384,13 @@ pub fn draw_picks(
     patch_w: u32,
 ) -> Result<Vec<ObjectPick>, TargetError> {
     let split = checked_split(record)?;
+    let rows = (merged as u32 / patch_w.max(1)).max(1);
     split
         .objects
         .iter()
         .map(|&object| {
             let obj = check_object(record, object, merged)?;
             let [x1, y1, x2, y2] = obj.bbox;
-            let rows = (merged as u32 / patch_w.max(1)).max(1);
             let box_centre = (
                 (x1 + x2) / 2.0 * patch_w as f64,
                 (y1 + y2) / 2.0 * rows as f64,
