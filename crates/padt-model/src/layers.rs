@@ -37,11 +37,19 @@ impl<B: Backend> Linear<B> {
     /// - `x`: `[..., in_features]` → `[..., out_features]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        burn::tensor::module::linear(
-            x,
+        let mut shape = x.dims();
+        let d_in = shape[D - 1];
+        let rows = x.shape().num_elements() / d_in.max(1);
+        // One `[rows, in] x [in, out]` product instead of a batch of `[seq, in]` ones against a
+        // broadcast weight: burn's linear backward otherwise computes the weight gradient as
+        // one product per batch entry and then sums them (twice the time on CPU).
+        let y = burn::tensor::module::linear(
+            x.reshape([rows, d_in]),
             self.weight.val().cast(dtype).transpose(),
             self.bias.as_ref().map(|b| b.val().cast(dtype)),
-        )
+        );
+        shape[D - 1] = y.dims()[1];
+        y.reshape(shape)
     }
 }
 
