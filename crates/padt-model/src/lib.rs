@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod decoder;
+pub mod denormals;
 pub mod error;
 pub mod layers;
 pub mod padt;

@@ -695,6 +695,8 @@ where
     }
     let observer = std::sync::Mutex::new(observer);
     let results = run_workers(groups, |rank, group: &G| {
+        // Subnormal floats cost Intel cores a microcode assist per operation (padt_model::denormals).
+        padt_model::denormals::flush_denormals_on_this_thread();
         if rank == 0 {
             let mut observer = observer.lock().unwrap_or_else(|p| p.into_inner());
             train_rank::<B, G>(config, options, &devices[rank], group, &mut **observer)

@@ -84,6 +84,9 @@ fn coco_map(args: &CocoMapArgs) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    if let Some(warning) = padt_cli::compute::init_compute_threads() {
+        eprintln!("padt-eval: warning: {warning}");
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::CocoMap(args) => coco_map(args),

@@ -170,6 +170,9 @@ fn object_json(o: &DetectedObject) -> serde_json::Value {
 }
 
 fn main() -> Result<()> {
+    if let Some(warning) = padt_cli::compute::init_compute_threads() {
+        eprintln!("padt-infer: warning: {warning}");
+    }
     let cli = Cli::parse();
     let prompt = build_prompt(cli.task, cli.prompt.as_deref())?;
     if cli.max_new_tokens == 0 {

@@ -59,6 +59,9 @@ struct Args {
 }
 
 fn main() {
+    if let Some(warning) = padt_cli::compute::init_compute_threads() {
+        eprintln!("padt-train: warning: {warning}");
+    }
     if let Err(e) = run() {
         eprintln!("padt-train: error: {e:#}");
         std::process::exit(1);
