@@ -39,12 +39,11 @@ pub fn identity_matmul<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B,
 /// # Shapes
 /// - `x`: `[a, b, c, dim]` → `[a, c, b, dim]`
 pub fn swap_dims_1_2_contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    // The first product as one `[a·b·c, dim]` matrix: as a `[a, b]` batch of `[c, dim]`
-    // matrices (c = heads, a few rows) it was a·b tiny gemm calls. Callers pass contiguous
-    // tensors, so the reshapes are free; the result is the same (exact either way).
-    let [a, b, c, dim] = x.dims();
-    let x = identity_matmul(x.reshape([a * b * c, dim])).reshape([a, b, c, dim]);
-    identity_matmul(x.swap_dims(1, 2))
+    // The first product stays a `[a, b]` batch of `[c, dim]` matrices (a·b small gemms): it is
+    // the op whose backward receives the swapped, strided gradient. Done as one `[a·b·c, dim]`
+    // matrix, a reshape sits between the swap and the product, and the reshape's backward
+    // copies that gradient element by element (measured in the tenth session: no faster).
+    identity_matmul(identity_matmul(x).swap_dims(1, 2))
 }
 
 /// Scaled dot-product attention with grouped-query heads.
