@@ -196,7 +196,8 @@ pub enum Background {
     Ramp,
 }
 
-/// Inclusive range of the background grey.
+/// Inclusive range of the background grey: with ramps of up to ±45 levels the background never
+/// clips either (see [`Colour`]'s base values).
 const GREY_LEVELS: (i64, i64) = (100, 200);
 
 /// Default half swing of the ramps, in levels.
@@ -308,7 +309,6 @@ fn boxes_overlap(a: [f64; 4], b: [f64; 4]) -> bool {
 pub fn generate_scene(rng: &mut SplitMix64, style: &SceneStyle) -> Scene {
     let (w, h) = (IMAGE_SIDE, IMAGE_SIDE);
     let wanted = rng.range_i64(1, 4) as usize;
-    // 100..=200: with ramps of up to ±45 levels the background never clips either.
     let grey = rng.range_i64(GREY_LEVELS.0, GREY_LEVELS.1) as u8;
     let mut rgb = vec![grey; (w * h * 3) as usize];
     let mut placed: Vec<[f64; 4]> = Vec::new();
